@@ -1,0 +1,113 @@
+"""The batched torch interface: B environments x N agents of one scenario, as tensors on a device.
+
+This is what the learner and the shock wrapper use, and what the PettingZoo and Gymnasium adapters
+are built on (with ``num_envs=1`` for the single-environment forms), so that every form shares one
+code path: the same seed gives the same trajectory in all of them.
+
+All environments of a ``TorchVectorEnv`` start together and reach the horizon together (episodes are
+truncated, never terminated), so an automatic reset resets the whole batch at once; the observation
+returned by that step is the first observation of the new episodes and the last one of the finished
+episodes is in ``info["final_obs"]``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+
+from envs.core import Scenario, State, check_positive_int, make_generator, make_scenario
+
+
+class VectorStep(NamedTuple):
+    """What ``TorchVectorEnv.step`` returns."""
+
+    obs: torch.Tensor  # (B, N, D) observations after the step (after an automatic reset, if any)
+    rewards: torch.Tensor  # (B, N)
+    system_loss: torch.Tensor  # (B,)
+    truncated: torch.Tensor  # (B,) bool
+    info: dict[str, torch.Tensor]
+
+
+class TorchVectorEnv:
+    """``num_envs`` environments of one scenario stepped as one batch of tensors.
+
+    :param scenario: a ``Scenario`` or a scenario name (then ``scenario_kwargs`` configure it).
+    :param num_envs: number of environments B.
+    :param device: torch device of the simulation (``"cpu"``, ``"cuda"``...).
+    :param dtype: ``torch.float32`` (default) or ``torch.float64``.
+    :param seed: seed of the first reset (a later ``reset(seed=...)`` reseeds).
+    :param auto_reset: reset the batch when the horizon is reached (the learner's mode); the
+        single-environment adapters set it to False and stop at the horizon.
+    :param max_steps: episode length; the scenario's horizon when None.
+    """
+
+    def __init__(self, scenario: Scenario | str, num_envs: int = 1, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32, seed: int | None = None, auto_reset: bool = True,
+                 max_steps: int | None = None, **scenario_kwargs: Any) -> None:
+        if isinstance(scenario, str):
+            scenario = make_scenario(scenario, device=device, dtype=dtype, **scenario_kwargs)
+        elif scenario_kwargs:
+            raise ValueError(f"scenario keyword arguments {sorted(scenario_kwargs)} given with a built "
+                             f"Scenario; pass a scenario name to configure it")
+        self.scenario = scenario
+        self.num_envs = check_positive_int("num_envs", num_envs)
+        self.device = scenario.device
+        self.auto_reset = auto_reset
+        self.max_steps = scenario.horizon if max_steps is None else check_positive_int("max_steps", max_steps)
+        self._seed = seed
+        self.generator: torch.Generator | None = None
+        self.state: State | None = None
+
+    @property
+    def n_agents(self) -> int:
+        return self.scenario.n_agents
+
+    def reset(self, seed: int | None = None) -> torch.Tensor:
+        """Start new episodes in every environment; returns the observations ``(B, N, D)``.
+
+        ``seed`` reseeds the generator; without it the generator goes on from where it was
+        (seeded at construction, or randomly on the first reset).
+        """
+        if seed is None and self.generator is None:
+            seed = self._seed
+        if seed is not None or self.generator is None:
+            self.generator = make_generator(seed, self.device)
+        self.state = self.scenario.reset(self.num_envs, self.generator)
+        return self.scenario.observe(self.state)
+
+    def step(self, actions: Any) -> VectorStep:
+        """Apply the joint actions ``(B, N, A)`` (validated and clipped by the scenario)."""
+        if self.state is None:
+            raise RuntimeError("step() called before reset()")
+        result = self.scenario.step(self.state, actions, self.generator)
+        self.state = result.state
+        truncated = self.state["t"] >= self.max_steps
+        obs = self.scenario.observe(self.state)
+        info = dict(result.info)
+        if self.auto_reset and bool(truncated.any()):
+            info["final_obs"] = obs
+            obs = self.reset()
+        return VectorStep(obs, result.rewards, result.system_loss, truncated, info)
+
+    def render_text(self, index: int = 0, last: VectorStep | None = None) -> str:
+        """A text picture of environment ``index``: time, shared features, per-agent observations."""
+        if self.state is None:
+            return f"{self.scenario.name}: not reset"
+        scenario = self.scenario
+        obs = scenario.observe(self.state)[index]
+        t = int(self.state["t"][index])
+        lines = [f"{scenario.name} t={t}/{self.max_steps}"]
+        if last is not None:
+            rewards = " ".join(f"{r:+.3f}" for r in last.rewards[index].tolist())
+            lines.append(f"  system_loss={float(last.system_loss[index]):.4f} rewards=[{rewards}]")
+            lines.extend(f"  {key}={float(value[index]):.4f}" for key, value in last.info.items()
+                         if key != "final_obs")
+        shared = [f"{name}={float(obs[0, j]):.3f}" for j, name in enumerate(scenario.feature_names)
+                  if bool(scenario.shock_mask[j])]
+        lines.append("  shared: " + " ".join(shared))
+        for i in range(scenario.n_agents):
+            private = [f"{name}={float(obs[i, j]):.3f}" for j, name in enumerate(scenario.feature_names)
+                       if not bool(scenario.shock_mask[j])]
+            lines.append(f"  agent_{i}: " + " ".join(private))
+        return "\n".join(lines)
