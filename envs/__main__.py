@@ -15,7 +15,8 @@ import sys
 import torch
 import yaml
 
-from envs.core import SCENARIOS, Scenario, make_generator, make_scenario
+from envs.core import SCENARIOS, make_generator, make_scenario
+from envs.vector import evaluate_policy
 
 
 def parse_assignments(assignments: list[str]) -> dict:
@@ -27,18 +28,6 @@ def parse_assignments(assignments: list[str]) -> dict:
             raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
         kwargs[key] = yaml.safe_load(value)
     return kwargs
-
-
-def mean_step_loss(scenario: Scenario, policy, num_envs: int, seed: int) -> float:
-    """Mean system loss per step and environment of ``policy(state) -> actions`` over one episode."""
-    generator = make_generator(seed, scenario.device)
-    state = scenario.reset(num_envs, generator)
-    total = torch.zeros((), dtype=scenario.dtype, device=scenario.device)
-    for _ in range(scenario.horizon):
-        result = scenario.step(state, policy(state), generator)
-        total = total + result.system_loss.mean()
-        state = result.state
-    return float(total) / scenario.horizon
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     policies["random"] = uniform
     print(f"\nmean system loss per step ({args.num_envs} episodes, seed {args.seed}):")
     for name, policy in policies.items():
-        print(f"  {name:>28s}   {mean_step_loss(scenario, policy, args.num_envs, args.seed):.6g}")
+        print(f"  {name:>28s}   {evaluate_policy(scenario, policy, args.num_envs, args.seed)['system_loss']:.6g}")
     return 0
 
 

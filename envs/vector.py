@@ -12,7 +12,7 @@ episodes is in ``info["final_obs"]``.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import torch
 
@@ -111,3 +111,21 @@ class TorchVectorEnv:
                        if not bool(scenario.shock_mask[j])]
             lines.append(f"  agent_{i}: " + " ".join(private))
         return "\n".join(lines)
+
+
+def evaluate_policy(scenario: Scenario, policy: Callable[[State], torch.Tensor], num_envs: int,
+                    seed: int) -> dict[str, float]:
+    """Per-step means of the system loss and of the scenario's diagnostics over one episode of
+    ``num_envs`` environments seeded with ``seed`` (the same exogenous draws for every policy), for
+    ``policy(state) -> actions (B, N, A)``; ``final/<name>`` is a diagnostic's mean at the last step."""
+    generator = make_generator(seed, scenario.device)
+    state = scenario.reset(num_envs, generator)
+    totals: dict[str, torch.Tensor] = {}
+    for _ in range(scenario.horizon):
+        result = scenario.step(state, policy(state), generator)
+        for key, value in {"system_loss": result.system_loss, **result.info}.items():
+            totals[key] = totals.get(key, 0.0) + value.mean()
+        state = result.state
+    out = {key: float(value) / scenario.horizon for key, value in totals.items()}
+    out.update({f"final/{key}": float(value.mean()) for key, value in result.info.items()})
+    return out

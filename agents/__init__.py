@@ -1,0 +1,1 @@
+"""Multi-agent PPO on the batched scenarios: stacked per-agent networks, the learner, configs."""

@@ -1,0 +1,171 @@
+"""The PPO learner loop on a ``TorchVectorEnv``: collect a rollout, update, repeat; checkpointable."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from agents.policy import MultiAgentActorCritic
+from agents.ppo import PPOConfig, compute_gae, ppo_loss
+from envs.core import make_generator
+from envs.vector import TorchVectorEnv
+from regularizers import Penalty
+
+
+class PPOLearner:
+    """Multi-agent PPO on ``num_envs`` batched environments of one scenario.
+
+    :param env: the batched environments (``auto_reset=True``).
+    :param cfg: PPO hyper-parameters.
+    :param total_iterations: number of rollout+update iterations planned (for LR annealing).
+    :param seed: seeds the policy initialisation, action sampling, minibatch order and the env.
+    :param penalty: optional regularizer ``penalty(policy, batch) -> (tensor, diagnostics)``.
+    :param reg_coef: weight lambda of the penalty in the loss.
+    """
+
+    def __init__(self, env: TorchVectorEnv, cfg: PPOConfig, total_iterations: int, seed: int,
+                 penalty: Penalty | None = None, reg_coef: float = 0.0) -> None:
+        self.env, self.cfg = env, cfg
+        self.device = env.device
+        self.total_iterations = total_iterations
+        self.penalty, self.reg_coef = penalty, reg_coef
+        scenario = env.scenario
+        torch.manual_seed(seed)
+        self.policy = MultiAgentActorCritic(
+            scenario.n_agents, scenario.obs_dim, scenario.action_low.float().cpu(), scenario.action_high.float().cpu(),
+            hidden=tuple(cfg.hidden), share_parameters=cfg.share_parameters,
+            centralised_critic=cfg.centralised_critic, init_log_std=cfg.init_log_std,
+            normalise_obs=cfg.normalise_obs).to(self.device)
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.learning_rate, eps=1e-5)
+        self.action_generator = make_generator(seed + 1, self.device)
+        self.minibatch_generator = make_generator(seed + 2, "cpu")
+        self.iteration = 0
+        self.agent_steps = 0
+        self.obs = env.reset(seed=seed + 3).float()
+        self.episode_returns = torch.zeros(env.num_envs, device=self.device)
+        self.episode_system_loss = torch.zeros(env.num_envs, device=self.device)
+
+    # ----- rollout ---------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def collect(self) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """Run ``rollout_steps`` steps in every environment; returns the flattened batch and stats."""
+        cfg, env = self.cfg, self.env
+        keys = ("obs", "pre_actions", "actions", "log_probs", "values", "rewards", "next_values", "dones")
+        storage: dict[str, list[torch.Tensor]] = {key: [] for key in keys}
+        states: list[dict[str, torch.Tensor]] = []
+        finished_returns, finished_losses, step_losses = [], [], []
+        for _ in range(cfg.rollout_steps):
+            states.append(env.state)
+            pre_actions, actions, log_probs, values = self.policy.act(self.obs, self.action_generator)
+            result = env.step(actions.to(env.scenario.dtype))
+            rewards = result.rewards.float() * cfg.reward_scale
+            next_obs = result.obs.float()
+            final_obs = result.info["final_obs"].float() if "final_obs" in result.info else next_obs
+            self.episode_returns += result.rewards.float().mean(-1)
+            self.episode_system_loss += result.system_loss.float()
+            step_losses.append(result.system_loss.float().mean())
+            if bool(result.truncated.any()):
+                done = result.truncated
+                finished_returns.append(self.episode_returns[done].clone())
+                finished_losses.append(self.episode_system_loss[done].clone())
+                self.episode_returns[done] = 0.0
+                self.episode_system_loss[done] = 0.0
+            for key, value in (("obs", self.obs), ("pre_actions", pre_actions), ("actions", actions),
+                               ("log_probs", log_probs), ("values", values), ("rewards", rewards),
+                               ("next_values", self.policy.value(final_obs)), ("dones", result.truncated)):
+                storage[key].append(value)
+            self.obs = next_obs
+        rollout = {key: torch.stack(value) for key, value in storage.items()}
+        advantages, returns = compute_gae(rollout["rewards"], rollout["values"], rollout["next_values"],
+                                          rollout["dones"], cfg.gamma, cfg.gae_lambda)
+        batch = {key: rollout[key].flatten(0, 1) for key in ("obs", "pre_actions", "actions", "log_probs", "values")}
+        batch["advantages"] = advantages.flatten(0, 1)
+        batch["returns"] = returns.flatten(0, 1)
+        for key in states[0]:
+            batch[f"state/{key}"] = torch.stack([state[key] for state in states]).flatten(0, 1)
+        self.agent_steps += cfg.rollout_steps * env.num_envs * env.n_agents
+        stats = {"charts/system_loss": float(torch.stack(step_losses).mean())}
+        if finished_returns:
+            stats["charts/episodic_return"] = float(torch.cat(finished_returns).mean())
+            stats["charts/episodic_system_loss"] = float(torch.cat(finished_losses).mean())
+        return batch, stats
+
+    # ----- update ----------------------------------------------------------------------------------
+
+    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """PPO epochs over the batch: loss = ppo_loss + reg_coef * penalty; Adam with gradient clipping."""
+        cfg = self.cfg
+        if cfg.anneal_lr:
+            for group in self.optimizer.param_groups:
+                group["lr"] = cfg.learning_rate * max(1.0 - self.iteration / self.total_iterations, 0.0)
+        size = batch["obs"].shape[0]
+        minibatch_size = max(size // cfg.num_minibatches, 1)
+        totals: dict[str, float] = {}
+        count = 0
+        for _ in range(cfg.update_epochs):
+            order = torch.randperm(size, generator=self.minibatch_generator).to(self.device)
+            for start in range(0, size - minibatch_size + 1, minibatch_size):
+                index = order[start:start + minibatch_size]
+                minibatch = {key: value[index] for key, value in batch.items()}
+                loss, stats = ppo_loss(self.policy, minibatch, cfg)
+                if self.penalty is not None and self.reg_coef > 0:
+                    penalty, diagnostics = self.penalty(self.policy, minibatch)
+                    loss = loss + self.reg_coef * penalty
+                    stats = {**stats, **diagnostics}
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                stats["losses/grad_norm"] = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+                self.optimizer.step()
+                for key, value in stats.items():
+                    totals[key] = totals.get(key, 0.0) + float(value.detach() if torch.is_tensor(value) else value)
+                count += 1
+        if cfg.normalise_obs:  # after the update, so that the rollout's log-probs stay consistent
+            self.policy.obs_norm.update(batch["obs"])
+        self.iteration += 1
+        out = {key: value / count for key, value in totals.items()}
+        out["charts/learning_rate"] = self.optimizer.param_groups[0]["lr"]
+        return out
+
+    def train_iteration(self) -> dict[str, float]:
+        """One rollout and one update; returns the iteration's metrics."""
+        start = time.perf_counter()
+        batch, rollout_stats = self.collect()
+        update_stats = self.update(batch)
+        elapsed = time.perf_counter() - start
+        steps = self.cfg.rollout_steps * self.env.num_envs * self.env.n_agents
+        return {**rollout_stats, **update_stats, "perf/agent_steps_per_second": steps / elapsed,
+                "charts/agent_steps": float(self.agent_steps)}
+
+    # ----- checkpoints -----------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue bit-for-bit: tensors, numbers and strings only."""
+        return {
+            "policy": self.policy.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "action_generator": self.action_generator.get_state(),
+            "minibatch_generator": self.minibatch_generator.get_state(),
+            "env_generator": self.env.generator.get_state(),
+            "env_state": dict(self.env.state),
+            "obs": self.obs,
+            "episode_returns": self.episode_returns,
+            "episode_system_loss": self.episode_system_loss,
+            "iteration": self.iteration,
+            "agent_steps": self.agent_steps,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.policy.load_state_dict(state["policy"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.action_generator.set_state(state["action_generator"])
+        self.minibatch_generator.set_state(state["minibatch_generator"])
+        self.env.generator.set_state(state["env_generator"])
+        self.env.state = {key: value.to(self.device) for key, value in state["env_state"].items()}
+        self.obs = state["obs"].to(self.device)
+        self.episode_returns = state["episode_returns"].to(self.device)
+        self.episode_system_loss = state["episode_system_loss"].to(self.device)
+        self.iteration = int(state["iteration"])
+        self.agent_steps = int(state["agent_steps"])

@@ -1,0 +1,125 @@
+"""PPO for N agents: hyper-parameters and the loss as pure functions on tensors.
+
+The learner loop is ``agents.learner.PPOLearner``; its update reads in one screen: GAE, clipped surrogate, (clipped) value loss,
+entropy bonus, the regularizer term ``reg_coef * penalty(policy, batch)``, gradient clipping, Adam.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from agents.policy import MultiAgentActorCritic
+
+
+@dataclasses.dataclass
+class PPOConfig:
+    """PPO hyper-parameters (CleanRL's continuous-action defaults where they apply).
+
+    :param num_envs: environments B simulated in one batch.
+    :param rollout_steps: steps per environment between updates.
+    :param learning_rate: Adam step size (linearly annealed to 0 when ``anneal_lr``).
+    :param gamma: discount factor.
+    :param gae_lambda: GAE lambda.
+    :param update_epochs: passes over each rollout.
+    :param num_minibatches: minibatches per pass (split over environments x steps).
+    :param clip_coef: PPO ratio clip.
+    :param clip_value_loss: clip the value loss around the old values.
+    :param ent_coef: entropy bonus weight.
+    :param vf_coef: value loss weight.
+    :param max_grad_norm: global gradient-norm clip.
+    :param hidden: hidden sizes of actor and critic.
+    :param share_parameters: one network for all agents.
+    :param centralised_critic: MAPPO critic (all observations) instead of IPPO.
+    :param init_log_std: initial policy log-std (pre-squash).
+    :param normalise_obs: running observation normalisation inside the policy.
+    :param normalise_advantages: normalise advantages per minibatch.
+    :param reward_scale: rewards are multiplied by this before learning.
+    """
+
+    num_envs: int = 64
+    rollout_steps: int = 50
+    learning_rate: float = 3e-4
+    anneal_lr: bool = True
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    update_epochs: int = 10
+    num_minibatches: int = 4
+    clip_coef: float = 0.2
+    clip_value_loss: bool = True
+    ent_coef: float = 0.0
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    hidden: tuple[int, ...] = (64, 64)
+    share_parameters: bool = False
+    centralised_critic: bool = False
+    init_log_std: float = -0.5
+    normalise_obs: bool = True
+    normalise_advantages: bool = True
+    reward_scale: float = 1.0
+
+
+def compute_gae(rewards: torch.Tensor, values: torch.Tensor, next_values: torch.Tensor, dones: torch.Tensor,
+                gamma: float, gae_lambda: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over a rollout of T steps.
+
+    ``rewards``, ``values``, ``next_values``: ``(T, B, N)``; ``dones``: ``(T, B)``, the episode ended
+    (by truncation) after step t. ``next_values[t]`` is the value of the observation that followed
+    step t (of the final observation when the episode was truncated, so truncation bootstraps):
+
+        delta_t = r_t + gamma V(s'_t) - V(s_t),   A_t = delta_t + gamma lambda (1 - done_t) A_{t+1}
+
+    Returns advantages and returns ``A + V``, both ``(T, B, N)``.
+    """
+    advantages = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[0])
+    continues = (1.0 - dones.to(rewards.dtype)).unsqueeze(-1)
+    for t in reversed(range(rewards.shape[0])):
+        delta = rewards[t] + gamma * next_values[t] - values[t]
+        running = delta + gamma * gae_lambda * continues[t] * running
+        advantages[t] = running
+    return advantages, advantages + values
+
+
+def clipped_surrogate(log_ratio: torch.Tensor, advantages: torch.Tensor, clip_coef: float) -> torch.Tensor:
+    """PPO's clipped objective as a loss: ``mean(max(-A r, -A clip(r, 1 - c, 1 + c)))``."""
+    ratio = log_ratio.exp()
+    return torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip_coef, 1 + clip_coef)).mean()
+
+
+def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
+               clip_coef: float | None) -> torch.Tensor:
+    """``0.5 * mean((V - R)^2)``, or with ``clip_coef`` the max with the clipped-around-old version."""
+    unclipped = (values - returns) ** 2
+    if clip_coef is None:
+        return 0.5 * unclipped.mean()
+    clipped = (old_values + (values - old_values).clamp(-clip_coef, clip_coef) - returns) ** 2
+    return 0.5 * torch.max(unclipped, clipped).mean()
+
+
+def ppo_loss(policy: MultiAgentActorCritic, batch: dict[str, torch.Tensor],
+             cfg: PPOConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO loss of a minibatch (every agent's terms averaged) and its statistics.
+
+    ``batch``: ``obs`` ``(M, N, D)``, ``pre_actions`` ``(M, N, A)``, ``log_probs``, ``advantages``,
+    ``returns``, ``values`` ``(M, N)``.
+    """
+    new_log_probs, entropy, new_values = policy.evaluate(batch["obs"], batch["pre_actions"])
+    log_ratio = new_log_probs - batch["log_probs"]
+    advantages = batch["advantages"]
+    if cfg.normalise_advantages:
+        advantages = (advantages - advantages.mean(0)) / (advantages.std(0) + 1e-8)
+    policy_loss = clipped_surrogate(log_ratio, advantages, cfg.clip_coef)
+    v_loss = value_loss(new_values, batch["values"], batch["returns"], cfg.clip_coef if cfg.clip_value_loss else None)
+    entropy_mean = entropy.mean()
+    loss = policy_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy_mean
+    with torch.no_grad():
+        stats = {
+            "losses/policy": policy_loss,
+            "losses/value": v_loss,
+            "losses/entropy": entropy_mean,
+            "losses/approx_kl": ((log_ratio.exp() - 1) - log_ratio).mean(),
+            "losses/clip_fraction": ((log_ratio.exp() - 1).abs() > cfg.clip_coef).float().mean(),
+        }
+    return loss, stats
