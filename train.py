@@ -64,10 +64,7 @@ class MetricsLog:
     def write(self, iteration: int, metrics: dict[str, float]) -> None:
         row = {"iteration": iteration, **{k: f"{v:.6g}" for k, v in sorted(metrics.items())}}
         self.rows.append(row)
-        columns = list(self.rows[0])
-        for extra in row:
-            if extra not in columns:
-                columns.append(extra)
+        columns = list(dict.fromkeys(key for logged in self.rows for key in logged))
 
         def write_csv(tmp: pathlib.Path) -> None:
             with tmp.open("w", newline="") as f:
