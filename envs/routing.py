@@ -410,15 +410,13 @@ class Routing(Scenario):
         super().__init__(config, device, dtype)
         self.demand_per_agent = config.demand_per_agent
         self.nominal_total_demand = self.demand_per_agent * self.n_agents
-        network = build_network(config.layout, config.n_paths, config.latency, self.nominal_total_demand,
-                                config.bpr_alpha, config.bpr_beta)
-        self.network = network.to(self.device, self.dtype)
-        self.n_paths, self.n_edges = network.incidence.shape
+        self.network_float64 = build_network(config.layout, config.n_paths, config.latency,
+                                             self.nominal_total_demand, config.bpr_alpha, config.bpr_beta)
+        self.network = self.network_float64.to(self.device, self.dtype)
+        self.n_paths, self.n_edges = self.network.incidence.shape
         p, e = self.n_paths, self.n_edges
-        ue_flow = frank_wolfe(network, torch.tensor([self.nominal_total_demand], dtype=torch.float64),
-                              torch.ones(1, e, dtype=torch.float64), "user_equilibrium", config.frank_wolfe_iters)
-        ue_time = total_travel_time(network, ue_flow @ network.incidence, torch.ones(1, e, dtype=torch.float64))
-        self.time_scale = float(ue_time) / self.nominal_total_demand  # tau of the feature table
+        ue_total_time = self.nominal_total_time("user_equilibrium", config.frank_wolfe_iters)
+        self.time_scale = ue_total_time / self.nominal_total_demand  # tau of the feature table
         self.obs_dim = 3 * p + e + 3
         self.action_dim = p
         self.feature_names = tuple(
@@ -471,7 +469,7 @@ class Routing(Scenario):
 
     def observe(self, state: State) -> torch.Tensor:
         n = self.n_agents
-        relative_demand = (state["demand"] / self.demand_per_agent).clamp(max=MAX_RELATIVE_DEMAND)
+        relative_demand = state["demand"] / self.demand_per_agent
         shared = torch.cat([
             relative_demand.mean(-1, keepdim=True).clamp(max=MAX_RELATIVE_DEMAND),
             (state["last_latency"] / self.time_scale).clamp(max=MAX_RELATIVE_LATENCY),
@@ -481,7 +479,7 @@ class Routing(Scenario):
         time = (state["t"].to(self.dtype) / self.horizon).clamp(max=1.0)
         return torch.cat([
             shared.unsqueeze(1).expand(-1, n, -1),
-            relative_demand.unsqueeze(-1),
+            relative_demand.clamp(max=MAX_RELATIVE_DEMAND).unsqueeze(-1),
             state["last_split"],
             time.view(-1, 1, 1).expand(-1, n, 1),
         ], dim=-1)
@@ -515,6 +513,14 @@ class Routing(Scenario):
 
     # ----- references --------------------------------------------------------------------------
 
+    def nominal_total_time(self, objective: str, iterations: int) -> float:
+        """Total travel time of the UE or SO at nominal demand and capacities (float64, on the CPU)."""
+        network = self.network_float64
+        demand = torch.tensor([self.nominal_total_demand], dtype=torch.float64)
+        capacity_factor = torch.ones(1, self.n_edges, dtype=torch.float64)
+        path_flow = frank_wolfe(network, demand, capacity_factor, objective, iterations)
+        return float(total_travel_time(network, path_flow @ network.incidence, capacity_factor))
+
     def reference_action(self, state: State, name: str) -> torch.Tensor:
         self.check_reference_name(name)
         total_demand = state["demand"].sum(-1)
@@ -526,15 +532,10 @@ class Routing(Scenario):
     def references(self) -> dict[str, float]:
         """UE/SO total and mean travel times and the price of anarchy at nominal demand and capacities
         (float64, ``max(frank_wolfe_iters, 10 P)`` iterations), and the textbook closed forms."""
-        network = build_network(self.config.layout, self.config.n_paths, self.config.latency,
-                                self.nominal_total_demand, self.config.bpr_alpha, self.config.bpr_beta)
-        demand = torch.tensor([self.nominal_total_demand], dtype=torch.float64)
-        capacity_factor = torch.ones(1, self.n_edges, dtype=torch.float64)
         iterations = max(self.config.frank_wolfe_iters, 10 * self.n_paths)
         out = {"total_demand": self.nominal_total_demand}
         for short, objective in zip(("ue", "so"), OBJECTIVES):
-            edge_flow = frank_wolfe(network, demand, capacity_factor, objective, iterations) @ network.incidence
-            out[f"{short}_total_time"] = float(total_travel_time(network, edge_flow, capacity_factor))
+            out[f"{short}_total_time"] = self.nominal_total_time(objective, iterations)
             out[f"{short}_mean_time"] = out[f"{short}_total_time"] / self.nominal_total_demand
         out["price_of_anarchy"] = out["ue_total_time"] / out["so_total_time"]
         if self.config.layout in TEXTBOOK and self.config.demand is None:
