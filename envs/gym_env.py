@@ -28,7 +28,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from envs.core import Scenario
-from envs.pettingzoo_env import RENDER_MODES
+from envs.pettingzoo_env import RENDER_MODES, check_render_mode, render_text
 from envs.vector import TorchVectorEnv, VectorStep
 
 
@@ -54,11 +54,6 @@ def _joint_info(result: VectorStep) -> dict[str, np.ndarray]:
     return info
 
 
-def _check_render_mode(render_mode: str | None) -> None:
-    if render_mode is not None and render_mode not in RENDER_MODES:
-        raise ValueError(f"unknown render_mode {render_mode!r}; allowed: None, {', '.join(map(repr, RENDER_MODES))}")
-
-
 class JointEnv(gym.Env):
     """One environment of a scenario under joint control (see the module docstring).
 
@@ -69,7 +64,7 @@ class JointEnv(gym.Env):
     metadata = {"render_modes": list(RENDER_MODES), "render_fps": 4}
 
     def __init__(self, scenario: str, render_mode: str | None = None, **scenario_kwargs: Any) -> None:
-        _check_render_mode(render_mode)
+        check_render_mode(render_mode)
         self._vec = TorchVectorEnv(scenario, num_envs=1, auto_reset=False, **scenario_kwargs)
         self.scenario = self._vec.scenario
         self.render_mode = render_mode
@@ -97,13 +92,7 @@ class JointEnv(gym.Env):
         return obs, reward, False, bool(result.truncated[0]), info
 
     def render(self) -> str | None:
-        if self.render_mode is None:
-            return None
-        text = self._vec.render_text(0, self._last)
-        if self.render_mode == "human":
-            print(text)
-            return None
-        return text
+        return render_text(self.render_mode, self._vec, self._last)
 
 
 class JointVectorEnv(VectorEnv):
@@ -119,7 +108,7 @@ class JointVectorEnv(VectorEnv):
 
     def __init__(self, num_envs: int = 1, scenario: str = "commons", device: torch.device | str = "cpu",
                  render_mode: str | None = None, **scenario_kwargs: Any) -> None:
-        _check_render_mode(render_mode)
+        check_render_mode(render_mode)
         self._vec = TorchVectorEnv(scenario, num_envs=num_envs, device=device, auto_reset=True, **scenario_kwargs)
         self.scenario = self._vec.scenario
         self.num_envs = self._vec.num_envs
@@ -157,10 +146,4 @@ class JointVectorEnv(VectorEnv):
         return self._flat_obs(result.obs), rewards, np.zeros(self.num_envs, dtype=bool), truncated, info
 
     def render(self) -> str | None:
-        if self.render_mode is None:
-            return None
-        text = self._vec.render_text(0, self._last)
-        if self.render_mode == "human":
-            print(text)
-            return None
-        return text
+        return render_text(self.render_mode, self._vec, self._last)

@@ -23,6 +23,22 @@ from envs.vector import TorchVectorEnv, VectorStep
 RENDER_MODES = ("human", "ansi")
 
 
+def check_render_mode(render_mode: str | None) -> None:
+    if render_mode is not None and render_mode not in RENDER_MODES:
+        raise ValueError(f"unknown render_mode {render_mode!r}; allowed: None, {', '.join(map(repr, RENDER_MODES))}")
+
+
+def render_text(render_mode: str | None, vec: TorchVectorEnv, last: VectorStep | None) -> str | None:
+    """``render()`` of every adapter: the text of environment 0, returned (``ansi``) or printed (``human``)."""
+    if render_mode is None:
+        return None
+    text = vec.render_text(0, last)
+    if render_mode == "human":
+        print(text)
+        return None
+    return text
+
+
 class ScenarioParallelEnv(ParallelEnv):
     """One environment of a scenario as a PettingZoo ``ParallelEnv``.
 
@@ -34,8 +50,7 @@ class ScenarioParallelEnv(ParallelEnv):
 
     def __init__(self, scenario: str, render_mode: str | None = None, max_cycles: int | None = None,
                  **scenario_kwargs: Any) -> None:
-        if render_mode is not None and render_mode not in RENDER_MODES:
-            raise ValueError(f"unknown render_mode {render_mode!r}; allowed: None, {', '.join(map(repr, RENDER_MODES))}")
+        check_render_mode(render_mode)
         if max_cycles is not None:
             scenario_kwargs["horizon"] = max_cycles
         self._vec = TorchVectorEnv(scenario, num_envs=1, auto_reset=False, **scenario_kwargs)
@@ -107,13 +122,7 @@ class ScenarioParallelEnv(ParallelEnv):
         return observations, rewards, terminations, truncations, infos
 
     def render(self) -> str | None:
-        if self.render_mode is None:
-            return None
-        text = self._vec.render_text(0, self._last)
-        if self.render_mode == "human":
-            print(text)
-            return None
-        return text
+        return render_text(self.render_mode, self._vec, self._last)
 
     def state(self) -> np.ndarray:
         """Global state: the concatenated observations of all agents, ``(N * D,)``."""

@@ -89,7 +89,11 @@ the equilibrium for the marginal-cost latencies ``l + x l' = a + (p + 1) b (x / 
 the state's total demand and capacity factors, by the batched pairwise Frank-Wolfe algorithm
 ``frank_wolfe`` (``frank_wolfe_iters`` iterations). ``reference_action(state, name)`` gives every
 agent the aggregate path shares of the reference (any such profile has the same flows, hence the
-same total travel time). ``references()`` returns, at nominal demand and capacities: ``total_demand``,
+same total travel time). The Wardrop equilibrium is that of infinitesimal drivers; N operators who each
+route a finite demand selfishly (``reward_mode="selfish"``) internalise their own congestion, and their
+Nash equilibrium is in general neither reference: it is the system optimum for N = 1 and tends to the
+Wardrop equilibrium as N grows with equal demands.
+``references()`` returns, at nominal demand and capacities: ``total_demand``,
 ``ue_total_time``, ``so_total_time``, ``ue_mean_time`` and ``so_mean_time`` (per unit of demand),
 ``price_of_anarchy`` (``ue_total_time / so_total_time``), and for the textbook layouts at their
 textbook demand (``demand=None``) the closed forms ``closed_form_ue_total_time``,
@@ -105,7 +109,8 @@ Adding the zero-time A-B link raises the equilibrium travel time from 65 to 80 m
 paradox); the system optimum does use the link a little and is slightly *better* than 65 minutes.
 
 **Diagnostics** (``info``, per step): ``total_travel_time`` (the system loss), ``mean_travel_time``
-(per unit of demand), ``max_load`` (``max_e x_e / (c_e f_e)``), ``total_demand``.
+(per unit of demand), ``max_load`` (``max_e x_e / (c_e f_e)``, the largest volume/capacity ratio; the
+largest edge flow for the textbook networks, whose capacities are 1), ``total_demand``.
 
 **Arguments** (``make_scenario("routing", **kwargs)``):
 
@@ -241,6 +246,7 @@ class Network(NamedTuple):
     power: float  # p
 
     def to(self, device: torch.device, dtype: torch.dtype) -> Network:
+        """The same network with its tensors on ``device`` in ``dtype``."""
         return Network(*(tensor.to(device, dtype) for tensor in self[:4]), self.power)
 
 
