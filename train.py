@@ -171,6 +171,7 @@ def train(config: TrainConfig, run_dir: pathlib.Path, resume: bool = False, prog
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                    TextColumn("{task.fields[status]}"), disable=not progress, transient=False)
+    metrics: dict[str, float] = {}
     with StopRequest() as stop, bar:
         task = bar.add_task(f"{config.scenario}/{config.method}/seed{config.seed}", total=learner.total_iterations,
                             completed=learner.iteration, status="")
@@ -190,6 +191,7 @@ def train(config: TrainConfig, run_dir: pathlib.Path, resume: bool = False, prog
               f"continue with: python train.py --resume {run_dir}")
         return None
     summary = summarise(learner, config)
+    summary["final_training"] = {key: value for key, value in metrics.items() if key.startswith("charts/")}
     text = json.dumps(summary, indent=2)
     atomic_write(run_dir / "summary.json", lambda tmp: tmp.write_text(text))
     return summary
@@ -212,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
 def format_summary(summary: dict[str, Any]) -> str:
     lines = [f"{summary['scenario']} / {summary['method']} / seed {summary['seed']}: "
              f"{summary['agent_steps']:,} agent-steps in {summary['iterations']} iterations",
+             f"  last training iteration: episodic return (mean over agents) "
+             f"{summary['final_training'].get('charts/episodic_return', float('nan')):+.4f}, "
+             f"system loss per step {summary['final_training'].get('charts/system_loss', float('nan')):+.4f}",
              f"  mean system loss per step (deterministic policy, {summary['eval_envs']} episodes):"]
     for name, value in summary["system_loss_per_step"].items():
         lines.append(f"    {name:>20s}  {value:+.5f}")
