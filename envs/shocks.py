@@ -112,3 +112,74 @@ def pga(objective: Callable[[torch.Tensor], torch.Tensor], delta_shape: tuple[in
         delta = project(delta + step_size * ascent, eps, norm, mask_values)
         deltas.append(delta)
     return PGATrajectory(torch.stack(deltas), torch.stack(directions), torch.stack(values))
+
+
+# --------------------------------------------------------------------------------------------
+# Attack objectives g(delta): what the attacker maximises. ``policy`` maps observations
+# (B, N, D) to deterministic actions (B, N, A); shared shocks have delta (B, D), per-agent (B, N, D).
+# --------------------------------------------------------------------------------------------
+
+MODES = ("shared", "per_agent")
+OBJECTIVES = ("system", "action", "value")
+
+
+def _shocked(obs: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """``obs + delta``; a shared ``delta`` (B, D) is broadcast to every agent."""
+    return obs + (delta.unsqueeze(-2) if delta.dim() == obs.dim() - 1 else delta)
+
+
+def system_objective(scenario, state: dict, obs: torch.Tensor, policy: Callable, mode: str) -> Callable:
+    """``g(delta)``: the scenario's system loss when the attacked agents act on ``obs + delta``.
+
+    ``shared``: every agent sees the shocked shared state, ``g`` is ``(B,)``. ``per_agent``: ``g_i`` is
+    the system loss when agent i alone acts on its shocked observation and the others keep their
+    nominal actions, ``(B, N)``, evaluated for all i in one batched call.
+    """
+    check_choice("mode", mode, MODES)
+    if mode == "shared":
+        return lambda delta: scenario.system_loss(state, policy(_shocked(obs, delta)))
+    batch, n = obs.shape[:2]
+    nominal = policy(obs).detach()
+    eye = torch.eye(n, dtype=torch.bool, device=obs.device).view(1, n, n, 1)
+    repeated = {key: value.repeat_interleave(n, dim=0) for key, value in state.items()}
+
+    def objective(delta: torch.Tensor) -> torch.Tensor:
+        attacked = policy(obs + delta)  # agent j's action depends on its own observation only
+        joint = torch.where(eye, attacked.unsqueeze(1), nominal.unsqueeze(1))  # (B, i, j, A)
+        return scenario.system_loss(repeated, joint.reshape(batch * n, n, -1)).view(batch, n)
+
+    return objective
+
+
+def action_objective(obs: torch.Tensor, policy: Callable, mode: str) -> Callable:
+    """``g(delta) = ||pi(obs + delta) - pi(obs)||^2`` per agent (summed over agents when shared): the
+    maximal-action-deviation attack of SA-PPO."""
+    check_choice("mode", mode, MODES)
+    nominal = policy(obs).detach()
+
+    def objective(delta: torch.Tensor) -> torch.Tensor:
+        change = ((policy(_shocked(obs, delta)) - nominal) ** 2).sum(-1)
+        return change.sum(-1) if mode == "shared" else change
+
+    return objective
+
+
+def value_objective(obs: torch.Tensor, value_fn: Callable, mode: str) -> Callable:
+    """``g(delta) = -V(obs + delta)`` per agent (summed over agents when shared): lowers the critic."""
+    check_choice("mode", mode, MODES)
+
+    def objective(delta: torch.Tensor) -> torch.Tensor:
+        values = -value_fn(_shocked(obs, delta))
+        return values.sum(-1) if mode == "shared" else values
+
+    return objective
+
+
+def spike_shock(scenario, delta_shape: tuple[int, ...], eps: float, norm: str) -> torch.Tensor:
+    """The fixed "demand spike" shock: all of the budget pushed up along the scenario's spike features."""
+    direction = torch.zeros(delta_shape[-1], device=scenario.device, dtype=scenario.dtype)
+    for name in scenario.spike_features:
+        direction[scenario.feature_names.index(name)] = 1.0
+    if norm == "l2":
+        direction = direction / direction.norm().clamp_min(1e-30)
+    return (eps * direction).expand(delta_shape).clone()

@@ -138,3 +138,48 @@ def test_projection_and_bad_arguments():
     with pytest.raises(ValueError, match="one value per perturbation"):
         pga(lambda d: d.sum(), (2, 3), 0.1)
     assert math.isfinite(float(pga(lambda d: (d ** 2).sum(-1), (2, 3), 0.1).values[-1, 0]))
+
+
+def linear_policy(scenario, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    weights = 0.5 * torch.randn(scenario.obs_dim, scenario.action_dim, generator=generator, dtype=torch.float64)
+    low, high = scenario.action_low, scenario.action_high
+    return lambda obs: low + (high - low) * torch.sigmoid(obs @ weights)
+
+
+@pytest.mark.parametrize("name", sorted(envs.SCENARIOS))
+def test_per_agent_system_objective_equals_a_loop_over_attacked_agents(name):
+    from envs.shocks import system_objective
+    scenario = envs.make_scenario(name, dtype=torch.float64, **envs.SCENARIOS[name].presets["tiny"])
+    state = scenario.reset(3, envs.make_generator(1))
+    obs = scenario.observe(state)
+    policy = linear_policy(scenario)
+    delta = 0.1 * torch.randn(obs.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    values = system_objective(scenario, state, obs, policy, "per_agent")(delta)
+    for i in range(scenario.n_agents):
+        actions = policy(obs).clone()
+        actions[:, i] = policy(obs + delta)[:, i]
+        torch.testing.assert_close(values[:, i], scenario.system_loss(state, actions))
+    shared = system_objective(scenario, state, obs, policy, "shared")(delta[:, 0])
+    torch.testing.assert_close(shared, scenario.system_loss(state, policy(obs + delta[:, :1])))
+
+
+def test_action_and_value_objectives_and_spike_shock():
+    from envs.shocks import action_objective, spike_shock, value_objective
+    scenario = envs.make_scenario("commons", dtype=torch.float64, n_agents=2, n_resources=3)
+    obs = scenario.observe(scenario.reset(4, envs.make_generator(0)))
+    policy = linear_policy(scenario)
+    g = action_objective(obs, policy, "per_agent")
+    assert (g(torch.zeros_like(obs)) == 0).all()
+    assert (pga(g, obs.shape, 0.2, "l2", 5, dtype=torch.float64).values == 0).all()  # a stationary point at 0
+    trajectory = pga(g, obs.shape, 0.2, "l2", 5, random_start=True, generator=torch.Generator().manual_seed(0),
+                     dtype=torch.float64)  # so the action attack starts at a random point, as in SA-PPO
+    assert (trajectory.values[-1] > trajectory.values[0]).all()
+    value_fn = lambda o: o.sum(-1)  # V = sum of features: -V falls fastest along -1
+    trajectory = pga(value_objective(obs, value_fn, "shared"), (4, scenario.obs_dim), 0.3, "l2", 3,
+                     mask=scenario.shock_mask, dtype=torch.float64)
+    assert (trajectory.deltas[-1][:, scenario.shock_mask] < 0).all()
+    spike = spike_shock(scenario, (4, scenario.obs_dim), 0.2, "l2")
+    assert spike.norm(dim=-1).allclose(torch.full((4,), 0.2, dtype=torch.float64))
+    moved = [scenario.feature_names[j] for j in range(scenario.obs_dim) if spike[0, j] != 0]
+    assert moved == list(scenario.spike_features)
