@@ -1,0 +1,173 @@
+"""The shock wrapper: perturb what the agents observe at every step (or with a probability) by a PGA
+attack on a victim policy, for the batched form (``ShockedVectorEnv``) and the PettingZoo form
+(``ShockedParallelEnv``).
+
+The victim is any callable mapping observations ``(B, N, D)`` (a torch tensor) to deterministic
+actions ``(B, N, A)`` (the learner's ``policy.deterministic_action``, a wrapped SB3 model, a plain
+function); the ``value`` objective also needs ``value_fn`` ``(B, N, D) -> (B, N)``. Objectives:
+``system`` (the scenario's system loss), ``action`` (maximal action deviation), ``value`` (lower the
+critic), and the non-adaptive ``random`` (uniform in the ball) and ``spike`` (the scenario's fixed
+demand-spike direction). Shocks move only the scenario's shock channels and may take an observation
+up to eps outside its nominal box.
+
+``info`` (batched: tensors ``(B,)``; PettingZoo: floats per agent) holds ``shock/norm`` (largest
+applied ``||delta||_p`` over agents), ``shock/gain`` (system-objective increase, or the adaptive
+objective's increase, from the unshocked value, summed over attacked agents) and ``shock/shocked``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from pettingzoo.utils.wrappers import BaseParallelWrapper
+
+from envs.core import check_choice, check_positive_int, check_real, make_generator
+from envs.shocks import (MODES, NORMS, action_objective, pga, random_in_ball, spike_shock, system_objective,
+                         value_objective)
+from envs.vector import TorchVectorEnv, VectorStep
+
+ATTACKS = ("system", "action", "value", "random", "spike")
+
+Policy = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclasses.dataclass(frozen=True)
+class ShockConfig:
+    """How observations are shocked.
+
+    :param eps: radius of the ball, in observation units (observations are O(1)).
+    :param norm: ``l2`` or ``linf``.
+    :param steps: PGA steps K.
+    :param step_size: PGA step eta (default ``2.5 eps / K``).
+    :param objective: ``system``, ``action``, ``value``, ``random`` or ``spike``.
+    :param mode: ``shared`` (one delta on the shared state, seen by every agent) or ``per_agent``.
+    :param prob: probability that a step is shocked (per environment).
+    :param random_start: start PGA at a random point of the ball (always on for ``action``, whose
+        objective has a stationary point at 0).
+    """
+
+    eps: float = 0.1
+    norm: str = "l2"
+    steps: int = 5
+    step_size: float | None = None
+    objective: str = "system"
+    mode: str = "shared"
+    prob: float = 1.0
+    random_start: bool = False
+
+    def __post_init__(self) -> None:
+        check_real("eps", self.eps, 0.0, low_open=True)
+        check_choice("norm", self.norm, NORMS)
+        check_positive_int("steps", self.steps)
+        if self.step_size is not None:
+            check_real("step_size", self.step_size, 0.0, low_open=True)
+        check_choice("objective", self.objective, ATTACKS)
+        check_choice("mode", self.mode, MODES)
+        check_real("prob", self.prob, 0.0, 1.0)
+
+
+def compute_shock(scenario, state: dict, obs: torch.Tensor, policy: Policy, cfg: ShockConfig,
+                  generator: torch.Generator, value_fn: Policy | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The shock ``(B, N, D)`` to add to ``obs`` ``(B, N, D)`` in ``state``, and its info ``(B,)`` tensors."""
+    batch, n, dim = obs.shape
+    shape = (batch, dim) if cfg.mode == "shared" else (batch, n, dim)
+    if cfg.objective == "value":
+        if value_fn is None:
+            raise ValueError("objective 'value' needs value_fn (a critic mapping (B, N, D) to (B, N))")
+        objective = value_objective(obs, value_fn, cfg.mode)
+    elif cfg.objective == "action":
+        objective = action_objective(obs, policy, cfg.mode)
+    else:
+        objective = system_objective(scenario, state, obs, policy, cfg.mode)
+    options = {"device": obs.device, "dtype": obs.dtype}
+    if cfg.objective == "random":
+        delta = random_in_ball(shape, cfg.eps, cfg.norm, scenario.shock_mask.to(obs.dtype), generator, **options)
+    elif cfg.objective == "spike":
+        delta = spike_shock(scenario, shape, cfg.eps, cfg.norm).to(**options)
+    else:
+        delta = pga(objective, shape, cfg.eps, cfg.norm, cfg.steps, cfg.step_size, scenario.shock_mask,
+                    cfg.random_start or cfg.objective == "action", generator, **options).deltas[-1]
+    shocked = torch.rand(batch, generator=generator, **options) < cfg.prob
+    delta = delta * shocked.view(-1, *([1] * (delta.dim() - 1)))
+    with torch.no_grad():
+        gain = objective(delta) - objective(torch.zeros_like(delta))
+    per_agent = delta if cfg.mode == "per_agent" else delta.unsqueeze(1)
+    size = per_agent.abs().amax(-1) if cfg.norm == "linf" else per_agent.norm(dim=-1)
+    info = {"shock/norm": size.amax(-1), "shock/gain": gain.reshape(batch, -1).sum(-1), "shock/shocked": shocked}
+    return per_agent.expand(batch, n, dim), info
+
+
+class ShockedVectorEnv:
+    """A ``TorchVectorEnv`` whose observations are shocked before the agents see them.
+
+    ``clean_obs`` holds the unshocked observations; ``step`` returns the shocked ones and adds the
+    shock's info; everything else is the wrapped environment's.
+    """
+
+    def __init__(self, env: TorchVectorEnv, policy: Policy, config: ShockConfig, value_fn: Policy | None = None,
+                 seed: int | None = None) -> None:
+        self.env, self.policy, self.config, self.value_fn = env, policy, config, value_fn
+        self.scenario = env.scenario
+        self.num_envs, self.device = env.num_envs, env.device
+        self.generator = make_generator(seed, env.device)
+        self.clean_obs: torch.Tensor | None = None
+        self.last_shock_info: dict[str, torch.Tensor] = {}
+
+    @property
+    def n_agents(self) -> int:
+        return self.env.n_agents
+
+    @property
+    def state(self) -> dict:
+        return self.env.state
+
+    def _shock(self, obs: torch.Tensor) -> torch.Tensor:
+        self.clean_obs = obs
+        delta, self.last_shock_info = compute_shock(self.scenario, self.env.state, obs, self.policy, self.config,
+                                                    self.generator, self.value_fn)
+        return obs + delta
+
+    def reset(self, seed: int | None = None) -> torch.Tensor:
+        if seed is not None:
+            self.generator = make_generator(seed + 1, self.device)
+        return self._shock(self.env.reset(seed=seed))
+
+    def step(self, actions: Any) -> VectorStep:
+        result = self.env.step(actions)
+        obs = self._shock(result.obs)
+        return result._replace(obs=obs, info={**result.info, **self.last_shock_info})
+
+
+class ShockedParallelEnv(BaseParallelWrapper):
+    """A scenario's PettingZoo ``ParallelEnv`` whose observations are shocked (same machinery, B = 1)."""
+
+    def __init__(self, env, policy: Policy, config: ShockConfig, value_fn: Policy | None = None,
+                 seed: int | None = None) -> None:
+        super().__init__(env)
+        self.shocker = ShockedVectorEnv(env.unwrapped._vec, policy, config, value_fn, seed)
+
+    def _shocked_dict(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        vec = self.shocker.env
+        clean = torch.as_tensor(np.stack([obs[a] for a in self.possible_agents]), dtype=vec.scenario.dtype,
+                                device=vec.device).unsqueeze(0)
+        shocked = self.shocker._shock(clean)[0].detach().cpu().numpy().astype(np.float32)
+        return {agent: shocked[i] for i, agent in enumerate(self.possible_agents) if agent in obs}
+
+    def _info(self) -> dict[str, float]:
+        return {key: float(value[0]) for key, value in self.shocker.last_shock_info.items()}
+
+    def reset(self, seed: int | None = None, options: dict | None = None):
+        obs, infos = self.env.reset(seed=seed, options=options)
+        if seed is not None:
+            self.shocker.generator = make_generator(seed + 1, self.shocker.device)
+        obs = self._shocked_dict(obs)
+        return obs, {agent: {**infos.get(agent, {}), **self._info()} for agent in obs}
+
+    def step(self, actions: dict):
+        obs, rewards, terminations, truncations, infos = self.env.step(actions)
+        obs = self._shocked_dict(obs)
+        shock_info = self._info()
+        return obs, rewards, terminations, truncations, {a: {**infos[a], **shock_info} for a in infos}
