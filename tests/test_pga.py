@@ -183,3 +183,29 @@ def test_action_and_value_objectives_and_spike_shock():
     assert spike.norm(dim=-1).allclose(torch.full((4,), 0.2, dtype=torch.float64))
     moved = [scenario.feature_names[j] for j in range(scenario.obs_dim) if spike[0, j] != 0]
     assert moved == list(scenario.spike_features)
+
+
+@pytest.mark.parametrize("kind", ["system", "action", "value"])
+def test_pga_gradient_equals_finite_differences_for_each_objective(kind):
+    from envs.shocks import action_objective, system_objective, value_objective
+    scenario = envs.make_scenario("compute", dtype=torch.float64, **envs.SCENARIOS["compute"].presets["tiny"])
+    state = scenario.reset(2, envs.make_generator(4))
+    obs = scenario.observe(state)
+    policy = linear_policy(scenario, seed=1)
+    value_weights = torch.randn(scenario.obs_dim, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    objective = {
+        "system": lambda: system_objective(scenario, state, obs, policy, "per_agent"),
+        "action": lambda: action_objective(obs, policy, "per_agent"),
+        "value": lambda: value_objective(obs, lambda o: torch.tanh(o @ value_weights), "per_agent"),
+    }[kind]()
+    trajectory = pga(objective, obs.shape, 0.3, "l2", 1, random_start=True,
+                     generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    start = trajectory.deltas[0]
+    h = 1e-6
+    fd = torch.zeros_like(start)
+    for j in range(scenario.obs_dim):
+        step = torch.zeros_like(start)
+        step[..., j] = h
+        fd[..., j] = (objective(start + step) - objective(start - step)) / (2 * h)
+    torch.testing.assert_close(trajectory.directions[0], fd / (fd.norm(dim=-1, keepdim=True) + 1e-12),
+                               atol=1e-6, rtol=1e-5)
