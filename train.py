@@ -134,7 +134,8 @@ def build_learner(config: TrainConfig) -> PPOLearner:
                          seed=config.seed, **config.env)
     agent_steps_per_iteration = config.ppo.num_envs * config.ppo.rollout_steps * env.n_agents
     iterations = max(1, math.ceil(config.total_agent_steps / agent_steps_per_iteration))
-    return PPOLearner(env, config.ppo, iterations, seed=config.seed, reg_coef=config.reg_coef)
+    return PPOLearner(env, config.ppo, iterations, seed=config.seed, reg_coef=config.reg_coef,
+                      shock=config.shock, shock_warmup=config.shock_warmup)
 
 
 class StopRequest:

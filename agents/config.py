@@ -18,6 +18,7 @@ import yaml
 
 from agents.ppo import PPOConfig
 from envs.core import SCENARIOS
+from envs.shock_wrapper import ShockConfig
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
 METHODS = ("ppo",)
@@ -43,6 +44,8 @@ class TrainConfig:
     :param eval_envs: environments in the final evaluation.
     :param env: the scenario's keyword arguments.
     :param ppo: PPO hyper-parameters.
+    :param shock: rollouts under this shock (adversarial training) when ``shock.prob > 0``; off by default.
+    :param shock_warmup: fraction of training over which the shock probability ramps up from 0.
     """
 
     scenario: str = "routing"
@@ -56,6 +59,8 @@ class TrainConfig:
     eval_envs: int = 256
     env: dict = dataclasses.field(default_factory=dict)
     ppo: PPOConfig = dataclasses.field(default_factory=PPOConfig)
+    shock: ShockConfig = dataclasses.field(default_factory=lambda: ShockConfig(prob=0.0))
+    shock_warmup: float = 0.0
 
 
 def _type_name(tp: Any) -> str:
@@ -182,6 +187,8 @@ def resolve(overrides: dict[str, Any], config_dir: pathlib.Path = CONFIG_DIR) ->
             raise ConfigError(f"ppo.{name} must be a positive integer, got {getattr(config.ppo, name)}")
     if config.ppo.learning_rate <= 0:
         raise ConfigError(f"ppo.learning_rate must be > 0, got {config.ppo.learning_rate}")
+    if not 0.0 <= config.shock_warmup <= 1.0:
+        raise ConfigError(f"shock_warmup must lie in [0, 1], got {config.shock_warmup}")
     if config.reg_coef < 0:
         raise ConfigError(f"reg_coef must be >= 0, got {config.reg_coef}")
     return config

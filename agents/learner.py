@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -10,6 +11,7 @@ import torch
 from agents.policy import MultiAgentActorCritic
 from agents.ppo import PPOConfig, compute_gae, ppo_loss
 from envs.core import make_generator
+from envs.shock_wrapper import ShockConfig, ShockedVectorEnv
 from envs.vector import TorchVectorEnv
 from regularizers import Penalty
 
@@ -23,10 +25,15 @@ class PPOLearner:
     :param seed: seeds the policy initialisation, action sampling, minibatch order and the env.
     :param penalty: optional regularizer ``penalty(policy, batch) -> (tensor, diagnostics)``.
     :param reg_coef: weight lambda of the penalty in the loss.
+    :param shock: adversarial training: roll out under this shock (against the current policy's
+        deterministic action map); ``shock.prob`` is the final probability of shocking a step.
+    :param shock_warmup: fraction of training over which the shock probability ramps linearly from
+        0 to ``shock.prob`` (0: constant).
     """
 
     def __init__(self, env: TorchVectorEnv, cfg: PPOConfig, total_iterations: int, seed: int,
-                 penalty: Penalty | None = None, reg_coef: float = 0.0) -> None:
+                 penalty: Penalty | None = None, reg_coef: float = 0.0, shock: ShockConfig | None = None,
+                 shock_warmup: float = 0.0) -> None:
         self.env, self.cfg = env, cfg
         self.device = env.device
         self.total_iterations = total_iterations
@@ -43,7 +50,14 @@ class PPOLearner:
         self.minibatch_generator = make_generator(seed + 2, "cpu")
         self.iteration = 0
         self.agent_steps = 0
-        self.obs = env.reset(seed=seed + 3).float()
+        self.shock, self.shock_warmup = shock, shock_warmup
+        self.shocker = None
+        if shock is not None and shock.prob > 0:
+            def victim(obs: torch.Tensor) -> torch.Tensor:
+                return self.policy.deterministic_action(obs.float()).to(obs.dtype)
+            self.shocker = ShockedVectorEnv(env, victim, shock, value_fn=lambda obs: self.policy.value(obs.float()),
+                                            seed=seed + 4)
+        self.obs = (self.shocker or env).reset(seed=seed + 3).float()
         self.episode_returns = torch.zeros(env.num_envs, device=self.device)
         self.episode_system_loss = torch.zeros(env.num_envs, device=self.device)
 
@@ -55,12 +69,22 @@ class PPOLearner:
         cfg, env = self.cfg, self.env
         keys = ("obs", "pre_actions", "actions", "log_probs", "values", "rewards", "next_values", "dones")
         storage: dict[str, list[torch.Tensor]] = {key: [] for key in keys}
+        stepper = self.shocker or env
+        shock_stats: dict[str, float] = {}
+        if self.shocker is not None:
+            ramp = self.shock_warmup * self.total_iterations
+            prob = self.shock.prob * (min(1.0, self.iteration / ramp) if ramp > 0 else 1.0)
+            self.shocker.config = dataclasses.replace(self.shock, prob=prob)
+            shock_stats["shock/prob"] = prob
         states: list[dict[str, torch.Tensor]] = []
         finished_returns, finished_losses, step_losses = [], [], []
         for _ in range(cfg.rollout_steps):
             states.append(env.state)
             pre_actions, actions, log_probs, values = self.policy.act(self.obs, self.action_generator)
-            result = env.step(actions.to(env.scenario.dtype))
+            result = stepper.step(actions.to(env.scenario.dtype))
+            for key in ("shock/norm", "shock/gain"):
+                if key in result.info:
+                    shock_stats[key] = shock_stats.get(key, 0.0) + float(result.info[key].mean()) / cfg.rollout_steps
             rewards = result.rewards.float() * cfg.reward_scale
             next_obs = result.obs.float()
             final_obs = result.info["final_obs"].float() if "final_obs" in result.info else next_obs
@@ -87,7 +111,7 @@ class PPOLearner:
         for key in states[0]:
             batch[f"state/{key}"] = torch.stack([state[key] for state in states]).flatten(0, 1)
         self.agent_steps += cfg.rollout_steps * env.num_envs * env.n_agents
-        stats = {"charts/system_loss": float(torch.stack(step_losses).mean())}
+        stats = {"charts/system_loss": float(torch.stack(step_losses).mean()), **shock_stats}
         if finished_returns:
             stats["charts/episodic_return"] = float(torch.cat(finished_returns).mean())
             stats["charts/episodic_system_loss"] = float(torch.cat(finished_losses).mean())
@@ -155,6 +179,7 @@ class PPOLearner:
             "episode_system_loss": self.episode_system_loss,
             "iteration": self.iteration,
             "agent_steps": self.agent_steps,
+            **({"shock_generator": self.shocker.generator.get_state()} if self.shocker is not None else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -169,3 +194,5 @@ class PPOLearner:
         self.episode_system_loss = state["episode_system_loss"].to(self.device)
         self.iteration = int(state["iteration"])
         self.agent_steps = int(state["agent_steps"])
+        if self.shocker is not None:
+            self.shocker.generator.set_state(state["shock_generator"])

@@ -111,3 +111,21 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path):
     assert process.returncode == 0, err
     assert "continue with: python train.py --resume" in out
     assert (run_dir / "checkpoint.pt").exists()
+
+
+def test_adversarial_rollouts_under_shocks_resume_bit_for_bit(tmp_path):
+    shock = ["shock.prob=0.5", "shock.eps=0.1", "shock.steps=2", "shock_warmup=0.5", "total_agent_steps=960"]
+    full, full_dir = run_to_end(tmp_path, "full", *shock)
+    rows = metric_rows(full_dir)
+    probs = [float(row["shock/prob"]) for row in rows]
+    assert probs[0] == 0.0 and probs[-1] == 0.5 and probs == sorted(probs)  # the warm-up ramp
+    assert float(rows[-1]["shock/norm"]) > 0
+    config = tiny_config(*shock)
+    run_dir = tmp_path / "cut"
+    run_dir.mkdir()
+    train.train(config, run_dir, progress=False, max_iterations=2)
+    resumed = train.train(config, run_dir, resume=True, progress=False)
+    assert metric_rows(run_dir) == rows
+    assert resumed["system_loss_per_step"] == full["system_loss_per_step"]
+    with pytest.raises(ValueError, match="unknown objective 'mad'"):
+        tiny_config("shock.objective=mad")
