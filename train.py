@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 import yaml
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from agents.config import ConfigError, TrainConfig, parse_overrides, resolve, to_dict
 from agents.evaluate import summarise
@@ -162,14 +163,12 @@ class StopRequest:
 def train(config: TrainConfig, run_dir: pathlib.Path, resume: bool = False, progress: bool = True,
           max_iterations: int | None = None) -> dict[str, Any] | None:
     """Train to the end (or for ``max_iterations`` more iterations); returns the summary when finished."""
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     learner = build_learner(config)
     if resume:
         learner.load_state_dict(load_checkpoint(run_dir, config.device))
     log = MetricsLog(run_dir, keep_until_iteration=learner.iteration)
     stop_at = learner.total_iterations if max_iterations is None else min(
         learner.total_iterations, learner.iteration + max_iterations)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                    TextColumn("{task.fields[status]}"), disable=not progress, transient=False)
     metrics: dict[str, float] = {}

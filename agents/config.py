@@ -176,9 +176,8 @@ def resolve(overrides: dict[str, Any], config_dir: pathlib.Path = CONFIG_DIR) ->
     config = build(TrainConfig, merge(sections.get(size) or {}, overrides))
     if config.method not in METHODS:
         raise ConfigError(f"unknown method {config.method!r}; allowed: {', '.join(METHODS)}")
-    for name in ("seed",):
-        if getattr(config, name) < 0:
-            raise ConfigError(f"{name} must be >= 0, got {getattr(config, name)}")
+    if config.seed < 0:
+        raise ConfigError(f"seed must be >= 0, got {config.seed}")
     for name in ("total_agent_steps", "checkpoint_every", "eval_envs"):
         if getattr(config, name) < 1:
             raise ConfigError(f"{name} must be a positive integer, got {getattr(config, name)}")
