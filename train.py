@@ -28,6 +28,7 @@ from agents.config import ConfigError, TrainConfig, parse_overrides, resolve, to
 from agents.evaluate import summarise
 from agents.learner import PPOLearner
 from envs.vector import TorchVectorEnv
+from regularizers.jacobian import make_penalty
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -135,7 +136,10 @@ def build_learner(config: TrainConfig) -> PPOLearner:
                          seed=config.seed, **config.env)
     agent_steps_per_iteration = config.ppo.num_envs * config.ppo.rollout_steps * env.n_agents
     iterations = max(1, math.ceil(config.total_agent_steps / agent_steps_per_iteration))
-    return PPOLearner(env, config.ppo, iterations, seed=config.seed, reg_coef=config.reg_coef,
+    penalty = None
+    if config.method == "aajr":
+        penalty = make_penalty("aajr", env.scenario, config.reg_eps, config.reg_steps, config.reg_norm)
+    return PPOLearner(env, config.ppo, iterations, seed=config.seed, penalty=penalty, reg_coef=config.reg_coef,
                       shock=config.shock, shock_warmup=config.shock_warmup)
 
 

@@ -21,7 +21,7 @@ from envs.core import SCENARIOS
 from envs.shock_wrapper import ShockConfig
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
-METHODS = ("ppo",)
+METHODS = ("ppo", "aajr")
 SIZES = ("small", "default", "large")
 
 
@@ -39,7 +39,10 @@ class TrainConfig:
     :param seed: seed of everything (same seed, same numbers on CPU).
     :param device: torch device (``cpu``, ``cuda``, ``cuda:1``...).
     :param total_agent_steps: training budget in agent-steps (environment steps x agents).
-    :param reg_coef: weight lambda of the method's regularizer.
+    :param reg_coef: weight lambda of the method's regularizer (``aajr`` needs it > 0).
+    :param reg_eps: radius of the ball of the regularizer's PGA (observation units).
+    :param reg_steps: PGA steps K of the regularizer.
+    :param reg_norm: ``l2`` or ``linf``.
     :param checkpoint_every: iterations between checkpoints.
     :param eval_envs: environments in the final evaluation.
     :param env: the scenario's keyword arguments.
@@ -55,6 +58,9 @@ class TrainConfig:
     device: str = "cpu"
     total_agent_steps: int = 2_000_000
     reg_coef: float = 0.0
+    reg_eps: float = 0.1
+    reg_steps: int = 3
+    reg_norm: str = "l2"
     checkpoint_every: int = 10
     eval_envs: int = 256
     env: dict = dataclasses.field(default_factory=dict)
@@ -190,6 +196,11 @@ def resolve(overrides: dict[str, Any], config_dir: pathlib.Path = CONFIG_DIR) ->
         raise ConfigError(f"shock_warmup must lie in [0, 1], got {config.shock_warmup}")
     if config.reg_coef < 0:
         raise ConfigError(f"reg_coef must be >= 0, got {config.reg_coef}")
+    if config.method != "ppo" and config.reg_coef == 0:
+        raise ConfigError(f"method {config.method!r} needs --reg-coef > 0 (the weight of its penalty)")
+    if config.reg_eps <= 0 or config.reg_steps < 1 or config.reg_norm not in ("l2", "linf"):
+        raise ConfigError(f"reg_eps must be > 0, reg_steps >= 1 and reg_norm 'l2' or 'linf'; got "
+                          f"{config.reg_eps}, {config.reg_steps}, {config.reg_norm!r}")
     return config
 
 

@@ -65,7 +65,8 @@ def run_cli(*args, timeout=120):
 
 @pytest.mark.parametrize("args, message", [
     (["--scenario", "traffic"], "error: unknown scenario 'traffic'; allowed: commons, compute, routing"),
-    (["--method", "magic"], "error: unknown method 'magic'; allowed: ppo"),
+    (["--method", "magic"], "error: unknown method 'magic'; allowed: ppo, aajr"),
+    (["--method", "aajr"], "error: method 'aajr' needs --reg-coef > 0"),
     (["--set", "env.n_agents=-1"], "error: n_agents must be a positive integer, got -1"),
     (["--set", "ppo.num_envs=abc"], "error: ppo.num_envs: expected int, got 'abc' (str)"),
     (["--set", "ppo.learning_rat=0.1"], "error: unknown key(s) ppo.learning_rat; allowed: ppo.num_envs"),
@@ -129,3 +130,11 @@ def test_adversarial_rollouts_under_shocks_resume_bit_for_bit(tmp_path):
     assert resumed["system_loss_per_step"] == full["system_loss_per_step"]
     with pytest.raises(ValueError, match="unknown objective 'mad'"):
         tiny_config("shock.objective=mad")
+
+
+def test_aajr_method_trains_and_logs_its_diagnostics(tmp_path):
+    summary, run_dir = run_to_end(tmp_path, "aajr", "method=aajr", "reg_coef=0.5", "reg_steps=2")
+    rows = metric_rows(run_dir)
+    assert float(rows[-1]["aajr/jvp_norm_mean"]) > 0 and "aajr/pga_gain" in rows[-1]
+    again, again_dir = run_to_end(tmp_path, "aajr2", "method=aajr", "reg_coef=0.5", "reg_steps=2")
+    assert metric_rows(again_dir) == rows
