@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from torch.func import jvp
+from torch.func import jvp, vjp
 
 from envs.shocks import pga, system_objective
 
@@ -85,3 +85,28 @@ def make_penalty(method: str, scenario, eps: float, steps: int, norm: str = "l2"
         generator = torch.Generator(device=scenario.device).manual_seed(seed)
         return lambda policy, batch: global_jacobian_penalty(policy, batch, steps, generator)
     raise ValueError(f"unknown regularizer {method!r}; allowed: 'aajr', 'jacobian'")
+
+
+def top_singular_directions(action_map: Callable[[torch.Tensor], torch.Tensor], points: torch.Tensor,
+                            iterations: int, generator: torch.Generator) -> torch.Tensor:
+    """Unit directions ``(M, N, D)`` approximating each agent's top right-singular vector of ``J_i(x)``
+    by power iteration on ``J^T J`` (one JVP and one VJP per iteration, detached)."""
+    v = torch.randn(points.shape, generator=generator, device=points.device, dtype=points.dtype)
+    v = v / v.norm(dim=-1, keepdim=True)
+    x = points.detach()
+    for _ in range(iterations):
+        jv = jvp(action_map, (x,), (v,))[1]
+        _, pullback = vjp(action_map, x)
+        v = pullback(jv)[0]  # J_i^T J_i v_i for every agent (the Jacobian is block diagonal)
+        v = (v / (v.norm(dim=-1, keepdim=True) + 1e-12)).detach()
+    return v
+
+
+def spectral_penalty(policy, batch: dict[str, torch.Tensor], iterations: int, generator: torch.Generator,
+                     budget: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Penalty on the spectral norm: ``||J_i(s) v_i||^2`` along the power-iteration direction
+    (``||J_i||_2^2`` at convergence), or its hinge against a global budget gamma."""
+    obs = batch["obs"]
+    directions = top_singular_directions(policy.deterministic_action, obs, iterations, generator)
+    norms = jvp_norms(policy.deterministic_action, obs.unsqueeze(0), directions.unsqueeze(0))
+    return penalty_from_norms(norms, budget), {"spectral/norm_mean": float(norms.detach().mean())}
