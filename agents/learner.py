@@ -67,7 +67,7 @@ class PPOLearner:
     def collect(self) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         """Run ``rollout_steps`` steps in every environment; returns the flattened batch and stats."""
         cfg, env = self.cfg, self.env
-        keys = ("obs", "pre_actions", "actions", "log_probs", "values", "rewards", "next_values", "dones")
+        keys = ("obs", "pre_actions", "actions", "log_probs", "values", "rewards", "dones")
         storage: dict[str, list[torch.Tensor]] = {key: [] for key in keys}
         stepper = self.shocker or env
         shock_stats: dict[str, float] = {}
@@ -78,6 +78,7 @@ class PPOLearner:
             shock_stats["shock/prob"] = prob
         states: list[dict[str, torch.Tensor]] = []
         finished_returns, finished_losses, step_losses = [], [], []
+        final_values: dict[int, torch.Tensor] = {}
         for _ in range(cfg.rollout_steps):
             states.append(env.state)
             pre_actions, actions, log_probs, values = self.policy.act(self.obs, self.action_generator)
@@ -87,7 +88,8 @@ class PPOLearner:
                     shock_stats[key] = shock_stats.get(key, 0.0) + float(result.info[key].mean()) / cfg.rollout_steps
             rewards = result.rewards.float() * cfg.reward_scale
             next_obs = result.obs.float()
-            final_obs = result.info["final_obs"].float() if "final_obs" in result.info else next_obs
+            if "final_obs" in result.info:  # truncation bootstraps from the last observation of the episode
+                final_values[len(storage["obs"])] = self.policy.value(result.info["final_obs"].float())
             self.episode_returns += result.rewards.float().mean(-1)
             self.episode_system_loss += result.system_loss.float()
             step_losses.append(result.system_loss.float().mean())
@@ -99,10 +101,16 @@ class PPOLearner:
                 self.episode_system_loss[done] = 0.0
             for key, value in (("obs", self.obs), ("pre_actions", pre_actions), ("actions", actions),
                                ("log_probs", log_probs), ("values", values), ("rewards", rewards),
-                               ("next_values", self.policy.value(final_obs)), ("dones", result.truncated)):
+                               ("dones", result.truncated)):
                 storage[key].append(value)
             self.obs = next_obs
         rollout = {key: torch.stack(value) for key, value in storage.items()}
+        # V(s'_t): the next step's value, the value of the observation after the rollout at the end,
+        # or V(final observation) where the episode was truncated.
+        next_values = torch.cat([rollout["values"][1:], self.policy.value(self.obs).unsqueeze(0)])
+        for t, value in final_values.items():
+            next_values[t] = value
+        rollout["next_values"] = next_values
         advantages, returns = compute_gae(rollout["rewards"], rollout["values"], rollout["next_values"],
                                           rollout["dones"], cfg.gamma, cfg.gae_lambda)
         batch = {key: rollout[key].flatten(0, 1) for key in ("obs", "pre_actions", "actions", "log_probs", "values")}
