@@ -87,13 +87,20 @@ def compute_shock(scenario, state: dict, obs: torch.Tensor, policy: Policy, cfg:
         delta = random_in_ball(shape, cfg.eps, cfg.norm, scenario.shock_mask.to(obs.dtype), generator, **options)
     elif cfg.objective == "spike":
         delta = spike_shock(scenario, shape, cfg.eps, cfg.norm).to(**options)
-    else:
-        delta = pga(objective, shape, cfg.eps, cfg.norm, cfg.steps, cfg.step_size, scenario.shock_mask,
-                    cfg.random_start or cfg.objective == "action", generator, **options).deltas[-1]
+    random_start = cfg.random_start or cfg.objective == "action"
+    trajectory = None
+    if cfg.objective not in ("random", "spike"):
+        trajectory = pga(objective, shape, cfg.eps, cfg.norm, cfg.steps, cfg.step_size, scenario.shock_mask,
+                         random_start, generator, **options)
+        delta = trajectory.deltas[-1]
     shocked = torch.rand(batch, generator=generator, **options) < cfg.prob
     delta = delta * shocked.view(-1, *([1] * (delta.dim() - 1)))
-    with torch.no_grad():
-        gain = objective(delta) - objective(torch.zeros_like(delta))
+    if trajectory is not None and not random_start:  # PGA already evaluated g(0) and g(delta_K)
+        gain = torch.where(shocked.view(-1, *([1] * (trajectory.values.dim() - 2))),
+                           trajectory.values[-1] - trajectory.values[0], 0.0)
+    else:
+        with torch.no_grad():
+            gain = objective(delta) - objective(torch.zeros_like(delta))
     per_agent = delta if cfg.mode == "per_agent" else delta.unsqueeze(1)
     size = per_agent.abs().amax(-1) if cfg.norm == "linf" else per_agent.norm(dim=-1)
     info = {"shock/norm": size.amax(-1), "shock/gain": gain.reshape(batch, -1).sum(-1), "shock/shocked": shocked}
