@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 from agents.policy import MultiAgentActorCritic  # noqa: E402
-from regularizers.jacobian import jvp_norms  # noqa: E402
+from regularizers.jvp import jvp_norms  # noqa: E402
 
 
 def timed(fn, repeats: int, device: str) -> float:

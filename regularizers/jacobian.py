@@ -21,23 +21,7 @@ import torch
 from torch.func import jvp, vjp
 
 from envs.shocks import pga, system_objective
-
-
-def jvp_norms(action_map: Callable[[torch.Tensor], torch.Tensor], points: torch.Tensor,
-              directions: torch.Tensor) -> torch.Tensor:
-    """``||J_i(x) u||_2`` ``(K, M, N)`` for points and directions ``(K, M, N, D)``, in one JVP call."""
-    k, m = points.shape[:2]
-    flat_points = points.contiguous().reshape(k * m, *points.shape[2:])
-    flat_directions = directions.reshape(k * m, *directions.shape[2:]).detach()
-    _, tangent = jvp(action_map, (flat_points,), (flat_directions,))
-    return tangent.norm(dim=-1).reshape(k, m, -1)
-
-
-def penalty_from_norms(norms: torch.Tensor, budget: float | None) -> torch.Tensor:
-    """Mean of ``||J u||^2``, or of the hinge ``max(0, ||J u|| - budget)^2`` (eq. 14) with a budget."""
-    if budget is None:
-        return (norms ** 2).mean()
-    return torch.relu(norms - budget).pow(2).mean()
+from regularizers.jvp import jvp_norms, penalty_from_norms
 
 
 def aajr_penalty(policy, batch: dict[str, torch.Tensor], scenario, eps: float, steps: int,
