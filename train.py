@@ -24,11 +24,11 @@ import torch
 import yaml
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from agents.config import ConfigError, TrainConfig, parse_overrides, resolve, to_dict
+from agents.config import METHODS, ConfigError, TrainConfig, parse_overrides, resolve, to_dict
 from agents.evaluate import summarise
 from agents.learner import PPOLearner
 from envs.vector import TorchVectorEnv
-from regularizers.jacobian import make_penalty
+from regularizers import make_regularizer
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -89,11 +89,11 @@ def parse_args(argv: list[str] | None) -> tuple[dict[str, Any], pathlib.Path | N
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenario", help="commons, compute or routing (default: routing)")
     parser.add_argument("--size", help="configs/<scenario>.yaml section: small, default, large")
-    parser.add_argument("--method", help="training method (default: ppo)")
+    parser.add_argument("--method", help=f"training method: {', '.join(METHODS)} (default: ppo)")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--device", help="cpu, cuda, cuda:N")
     parser.add_argument("--total-agent-steps", type=int)
-    parser.add_argument("--reg-coef", type=float, help="weight lambda of the regularizer")
+    parser.add_argument("--reg-coef", type=float, help="weight lambda of the method's penalty (default 0.1)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override any field")
     parser.add_argument("--run-dir", type=pathlib.Path, help="where to write (default runs/<name>-<time>)")
     parser.add_argument("--resume", type=pathlib.Path, metavar="RUN_DIR", help="continue a run from its checkpoint")
@@ -136,11 +136,13 @@ def build_learner(config: TrainConfig) -> PPOLearner:
                          seed=config.seed, **config.env)
     agent_steps_per_iteration = config.ppo.num_envs * config.ppo.rollout_steps * env.n_agents
     iterations = max(1, math.ceil(config.total_agent_steps / agent_steps_per_iteration))
+    method = config.method_spec
     penalty = None
-    if config.method == "aajr":
-        penalty = make_penalty("aajr", env.scenario, config.reg_eps, config.reg_steps, config.reg_norm)
+    if method.penalty is not None:
+        penalty = make_regularizer(method.penalty, env.scenario, config.regularizer_settings())
     return PPOLearner(env, config.ppo, iterations, seed=config.seed, penalty=penalty, reg_coef=config.reg_coef,
-                      shock=config.shock, shock_warmup=config.shock_warmup)
+                      shock=config.shock if method.adversarial else None, shock_warmup=config.shock_warmup,
+                      spectral_bound=config.specnorm_bound if method.spectral_norm else None)
 
 
 class StopRequest:

@@ -19,14 +19,41 @@ import yaml
 from agents.ppo import PPOConfig
 from envs.core import SCENARIOS
 from envs.shock_wrapper import ShockConfig
+from regularizers import RegularizerSettings
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
-METHODS = ("ppo", "aajr")
 SIZES = ("small", "default", "large")
 
 
 class ConfigError(ValueError):
     """A bad configuration value; the message is one line naming the field."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """What a training method adds to PPO.
+
+    :param penalty: name of the regularizer in ``regularizers.REGULARIZERS`` (None: no penalty).
+    :param adversarial: roll out under PGA shocks (``TrainConfig.shock``): PGD adversarial training.
+    :param spectral_norm: bound the spectral norm of every actor layer (``regularizers.specnorm``).
+    """
+
+    penalty: str | None = None
+    adversarial: bool = False
+    spectral_norm: bool = False
+
+
+METHODS = {
+    "ppo": Method(),
+    "aajr": Method(penalty="aajr"),
+    "jacobian": Method(penalty="jacobian"),
+    "spectral": Method(penalty="spectral"),
+    "specnorm": Method(spectral_norm=True),
+    "smooth": Method(penalty="smooth"),
+    "adv": Method(adversarial=True),
+    "aajr+adv": Method(penalty="aajr", adversarial=True),  # the regularized robust objective (eq. 21)
+}
+DEFAULT_REG_COEF = 0.1
 
 
 @dataclasses.dataclass
@@ -39,15 +66,20 @@ class TrainConfig:
     :param seed: seed of everything (same seed, same numbers on CPU).
     :param device: torch device (``cpu``, ``cuda``, ``cuda:1``...).
     :param total_agent_steps: training budget in agent-steps (environment steps x agents).
-    :param reg_coef: weight lambda of the method's regularizer (``aajr`` needs it > 0).
-    :param reg_eps: radius of the ball of the regularizer's PGA (observation units).
-    :param reg_steps: PGA steps K of the regularizer.
+    :param reg_coef: weight lambda of the method's penalty (default 0.1 for methods with one; 0 still
+        computes and logs it); methods without a penalty refuse it.
+    :param reg_eps: radius of the ball of the regularizer's PGA (``aajr``, ``smooth``), observation units.
+    :param reg_steps: K: PGA steps (``aajr``, ``smooth``) or random directions per state (``jacobian``).
     :param reg_norm: ``l2`` or ``linf``.
+    :param reg_budget: hinge budget gamma: penalise ``max(0, norm - gamma)^2`` instead of ``norm^2``.
+    :param reg_power_iterations: power iterations of the ``spectral`` penalty.
+    :param specnorm_bound: per-layer spectral-norm bound c of ``specnorm``.
     :param checkpoint_every: iterations between checkpoints.
     :param eval_envs: environments in the final evaluation.
     :param env: the scenario's keyword arguments.
     :param ppo: PPO hyper-parameters.
-    :param shock: rollouts under this shock (adversarial training) when ``shock.prob > 0``; off by default.
+    :param shock: the shocks of the adversarial methods' rollouts (``adv``, ``aajr+adv``); ``shock.prob``
+        is the probability that a step is shocked once the warm-up is over.
     :param shock_warmup: fraction of training over which the shock probability ramps up from 0.
     """
 
@@ -57,16 +89,27 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     total_agent_steps: int = 2_000_000
-    reg_coef: float = 0.0
+    reg_coef: float | None = None
     reg_eps: float = 0.1
     reg_steps: int = 3
     reg_norm: str = "l2"
+    reg_budget: float | None = None
+    reg_power_iterations: int = 5
+    specnorm_bound: float = 1.0
     checkpoint_every: int = 10
     eval_envs: int = 256
     env: dict = dataclasses.field(default_factory=dict)
     ppo: PPOConfig = dataclasses.field(default_factory=PPOConfig)
-    shock: ShockConfig = dataclasses.field(default_factory=lambda: ShockConfig(prob=0.0))
-    shock_warmup: float = 0.0
+    shock: ShockConfig = dataclasses.field(default_factory=lambda: ShockConfig(prob=0.5, steps=3))
+    shock_warmup: float = 0.3
+
+    @property
+    def method_spec(self) -> Method:
+        return METHODS[self.method]
+
+    def regularizer_settings(self) -> RegularizerSettings:
+        return RegularizerSettings(self.reg_eps, self.reg_steps, self.reg_norm, self.reg_budget,
+                                   self.reg_power_iterations)
 
 
 def _type_name(tp: Any) -> str:
@@ -179,7 +222,8 @@ def resolve(overrides: dict[str, Any], config_dir: pathlib.Path = CONFIG_DIR) ->
     unknown = sorted(set(sections) - set(SIZES))
     if unknown:
         raise ConfigError(f"{path}: unknown section(s) {', '.join(unknown)}; allowed: {', '.join(SIZES)}")
-    config = build(TrainConfig, merge(sections.get(size) or {}, overrides))
+    merged = merge(sections.get(size) or {}, overrides)
+    config = build(TrainConfig, merged)
     if config.method not in METHODS:
         raise ConfigError(f"unknown method {config.method!r}; allowed: {', '.join(METHODS)}")
     if config.seed < 0:
@@ -192,24 +236,45 @@ def resolve(overrides: dict[str, Any], config_dir: pathlib.Path = CONFIG_DIR) ->
             raise ConfigError(f"ppo.{name} must be a positive integer, got {getattr(config.ppo, name)}")
     if config.ppo.learning_rate <= 0:
         raise ConfigError(f"ppo.learning_rate must be > 0, got {config.ppo.learning_rate}")
+    method = config.method_spec
+    if not method.adversarial and ("shock" in merged or "shock_warmup" in merged):
+        raise ConfigError(f"shock settings configure the rollouts of the adversarial methods "
+                          f"({', '.join(name for name, m in METHODS.items() if m.adversarial)}); "
+                          f"method {config.method!r} does not use them")
     if not 0.0 <= config.shock_warmup <= 1.0:
         raise ConfigError(f"shock_warmup must lie in [0, 1], got {config.shock_warmup}")
+    if method.adversarial and config.shock.prob <= 0:
+        raise ConfigError(f"method {config.method!r} trains under shocks: shock.prob must be > 0, "
+                          f"got {config.shock.prob}")
+    if method.penalty is None:
+        if config.reg_coef:
+            raise ConfigError(f"method {config.method!r} has no penalty, so reg_coef={config.reg_coef} has no "
+                              f"effect; methods with a penalty: "
+                              f"{', '.join(name for name, m in METHODS.items() if m.penalty)}")
+        config = dataclasses.replace(config, reg_coef=0.0)
+    elif config.reg_coef is None:
+        config = dataclasses.replace(config, reg_coef=DEFAULT_REG_COEF)
     if config.reg_coef < 0:
         raise ConfigError(f"reg_coef must be >= 0, got {config.reg_coef}")
-    if config.method != "ppo" and config.reg_coef == 0:
-        raise ConfigError(f"method {config.method!r} needs --reg-coef > 0 (the weight of its penalty)")
-    if config.reg_eps <= 0 or config.reg_steps < 1 or config.reg_norm not in ("l2", "linf"):
-        raise ConfigError(f"reg_eps must be > 0, reg_steps >= 1 and reg_norm 'l2' or 'linf'; got "
-                          f"{config.reg_eps}, {config.reg_steps}, {config.reg_norm!r}")
+    if config.specnorm_bound <= 0:
+        raise ConfigError(f"specnorm_bound must be > 0, got {config.specnorm_bound}")
+    try:
+        config.regularizer_settings()
+    except ValueError as error:
+        raise ConfigError(f"{error} (reg_* settings)") from None
     return config
 
 
 def to_dict(config: TrainConfig) -> dict[str, Any]:
-    """Plain YAML-safe mapping of the resolved config (tuples as lists)."""
+    """Plain YAML-safe mapping of the resolved config (tuples as lists); the shock settings only for
+    the adversarial methods, which use them (``resolve(to_dict(config)) == config``)."""
     def plain(value: Any) -> Any:
         if isinstance(value, tuple):
             return [plain(v) for v in value]
         if isinstance(value, dict):
             return {k: plain(v) for k, v in value.items()}
         return value
-    return plain(dataclasses.asdict(config))
+    data = plain(dataclasses.asdict(config))
+    if not config.method_spec.adversarial:
+        del data["shock"], data["shock_warmup"]
+    return data

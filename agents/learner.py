@@ -14,6 +14,7 @@ from envs.core import make_generator
 from envs.shock_wrapper import ShockConfig, ShockedVectorEnv
 from envs.vector import TorchVectorEnv
 from regularizers import Penalty
+from regularizers.specnorm import apply_spectral_norm
 
 
 class PPOLearner:
@@ -23,8 +24,10 @@ class PPOLearner:
     :param cfg: PPO hyper-parameters.
     :param total_iterations: number of rollout+update iterations planned (for LR annealing).
     :param seed: seeds the policy initialisation, action sampling, minibatch order and the env.
-    :param penalty: optional regularizer ``penalty(policy, batch) -> (tensor, diagnostics)``.
+    :param penalty: optional regularizer ``penalty(policy, batch, generator) -> (tensor, diagnostics)``;
+        computed (and its diagnostics logged) even when ``reg_coef`` is 0.
     :param reg_coef: weight lambda of the penalty in the loss.
+    :param spectral_bound: bound every actor layer's spectral norm by this value (``specnorm``).
     :param shock: adversarial training: roll out under this shock (against the current policy's
         deterministic action map); ``shock.prob`` is the final probability of shocking a step.
     :param shock_warmup: fraction of training over which the shock probability ramps linearly from
@@ -33,7 +36,7 @@ class PPOLearner:
 
     def __init__(self, env: TorchVectorEnv, cfg: PPOConfig, total_iterations: int, seed: int,
                  penalty: Penalty | None = None, reg_coef: float = 0.0, shock: ShockConfig | None = None,
-                 shock_warmup: float = 0.0) -> None:
+                 shock_warmup: float = 0.0, spectral_bound: float | None = None) -> None:
         self.env, self.cfg = env, cfg
         self.device = env.device
         self.total_iterations = total_iterations
@@ -45,9 +48,12 @@ class PPOLearner:
             hidden=tuple(cfg.hidden), share_parameters=cfg.share_parameters,
             centralised_critic=cfg.centralised_critic, init_log_std=cfg.init_log_std,
             normalise_obs=cfg.normalise_obs).to(self.device)
+        if spectral_bound is not None:
+            apply_spectral_norm(self.policy.actor, spectral_bound)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.learning_rate, eps=1e-5)
         self.action_generator = make_generator(seed + 1, self.device)
         self.minibatch_generator = make_generator(seed + 2, "cpu")
+        self.penalty_generator = make_generator(seed + 5, self.device)
         self.iteration = 0
         self.agent_steps = 0
         self.shock, self.shock_warmup = shock, shock_warmup
@@ -143,10 +149,10 @@ class PPOLearner:
                 index = order[start:start + minibatch_size]
                 minibatch = {key: value[index] for key, value in batch.items()}
                 loss, stats = ppo_loss(self.policy, minibatch, cfg)
-                if self.penalty is not None and self.reg_coef > 0:
-                    penalty, diagnostics = self.penalty(self.policy, minibatch)
+                if self.penalty is not None:
+                    penalty, diagnostics = self.penalty(self.policy, minibatch, self.penalty_generator)
                     loss = loss + self.reg_coef * penalty
-                    stats = {**stats, **diagnostics}
+                    stats = {**stats, "losses/penalty": penalty.detach(), **diagnostics}
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 stats["losses/grad_norm"] = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
@@ -180,6 +186,7 @@ class PPOLearner:
             "optimizer": self.optimizer.state_dict(),
             "action_generator": self.action_generator.get_state(),
             "minibatch_generator": self.minibatch_generator.get_state(),
+            "penalty_generator": self.penalty_generator.get_state(),
             "env_generator": self.env.generator.get_state(),
             "env_state": dict(self.env.state),
             "obs": self.obs,
@@ -195,6 +202,8 @@ class PPOLearner:
         self.optimizer.load_state_dict(state["optimizer"])
         self.action_generator.set_state(state["action_generator"])
         self.minibatch_generator.set_state(state["minibatch_generator"])
+        if "penalty_generator" in state:  # absent from checkpoints written before the regularizers
+            self.penalty_generator.set_state(state["penalty_generator"])
         self.env.generator.set_state(state["env_generator"])
         self.env.state = {key: value.to(self.device) for key, value in state["env_state"].items()}
         self.obs = state["obs"].to(self.device)
