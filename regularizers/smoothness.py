@@ -2,12 +2,13 @@
 perturbation of the observation found by PGA on the ``action`` objective.
 
     delta*_i = PGA_K( ||pi_i(s + delta) - pi_i(s)||^2 ),  ||delta||_p <= eps, shock channels only
-    R_smooth = mean_{m, i} ||pi_i(s_m + stopgrad(delta*_i)) - pi_i(s_m)||_2^2
+    R_smooth = mean_{m, i} ||pi_i(s_m + stopgrad(delta*_i)) - pi_i(s_m)||_2^2 / eps^2
 
 (per agent, each agent's own worst perturbation; PGA starts at a random point of the ball, since
-``delta = 0`` is a stationary point of the objective). With a budget gamma, the hinge
-``max(0, ||pi_i(s + delta*) - pi_i(s)|| - gamma)^2``. For a linear policy it equals
-``||J delta*||^2``, the AAJR penalty along the action-deviation direction, scaled by eps^2.
+``delta = 0`` is a stationary point of the objective). Dividing by eps^2 puts it in the units of the
+Jacobian penalties: for a linear policy and an l2 ball it is ``||J u||^2`` along the unit direction
+``u = delta* / eps``, so one ``reg_coef`` means the same for ``smooth`` and ``aajr``. With a budget
+gamma, the hinge ``max(0, ||pi_i(s + delta*) - pi_i(s)|| / eps - gamma)^2``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from regularizers.jvp import penalty_from_norms
 def smoothness_penalty(policy, batch: dict[str, torch.Tensor], mask: torch.Tensor | None, eps: float, steps: int,
                        generator: torch.Generator, norm: str = "l2", step_size: float | None = None,
                        budget: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """The smoothness penalty and diagnostics (mean/max action change, PGA gain).
+    """The smoothness penalty and diagnostics (mean/max action change ``||pi(s + delta*) - pi(s)||``,
+    PGA gain).
 
     :param mask: the shock channels (``scenario.shock_mask``), or None for every feature.
     """
@@ -32,8 +34,9 @@ def smoothness_penalty(policy, batch: dict[str, torch.Tensor], mask: torch.Tenso
                      None if mask is None else mask.to(obs.device), random_start=True, generator=generator,
                      device=obs.device, dtype=obs.dtype)
     delta = trajectory.deltas[-1].detach()
-    change = (action_map(obs + delta) - action_map(obs)).norm(dim=-1)
+    change = (action_map(obs + delta) - action_map(obs)).norm(dim=-1) / eps
     detached = change.detach()
-    diagnostics = {"reg/action_change_mean": float(detached.mean()), "reg/action_change_max": float(detached.max()),
+    diagnostics = {"reg/action_change_mean": float(detached.mean() * eps),
+                   "reg/action_change_max": float(detached.max() * eps),
                    "reg/pga_gain": float((trajectory.values[-1] - trajectory.values[0]).mean())}
     return penalty_from_norms(change, budget), diagnostics

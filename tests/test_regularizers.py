@@ -244,7 +244,7 @@ def test_smoothness_penalty_equals_a_loop_over_agents_and_finite_differences(bud
                 shocked = obs[m].clone()
                 shocked[i] = shocked[i] + delta[m, i]
                 change = (policy.deterministic_action(shocked.unsqueeze(0)) - policy.deterministic_action(
-                    obs[m].unsqueeze(0)))[0, i].norm()
+                    obs[m].unsqueeze(0)))[0, i].norm() / 0.3
                 terms.append(change ** 2 if budget is None else torch.relu(change - budget) ** 2)
         return torch.stack(terms).mean()
 

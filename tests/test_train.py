@@ -65,8 +65,14 @@ def run_cli(*args, timeout=120):
 
 @pytest.mark.parametrize("args, message", [
     (["--scenario", "traffic"], "error: unknown scenario 'traffic'; allowed: commons, compute, routing"),
-    (["--method", "magic"], "error: unknown method 'magic'; allowed: ppo, aajr"),
-    (["--method", "aajr"], "error: method 'aajr' needs --reg-coef > 0"),
+    (["--method", "magic"], "error: unknown method 'magic'; allowed: ppo, aajr, jacobian, spectral, specnorm, "
+                            "smooth, adv, aajr+adv"),
+    (["--method", "adv", "--reg-coef", "0.1"], "error: method 'adv' has no penalty, so reg_coef=0.1 has no effect"),
+    (["--method", "ppo", "--set", "shock.prob=0.5"], "error: shock settings configure the rollouts of the "
+                                                    "adversarial methods (adv, aajr+adv); method 'ppo' does not"),
+    (["--method", "adv", "--set", "shock.prob=0"], "error: method 'adv' trains under shocks: shock.prob must be > 0"),
+    (["--method", "aajr", "--reg-coef", "-1"], "error: reg_coef must be >= 0, got -1.0"),
+    (["--method", "aajr", "--set", "reg_norm=l3"], "error: unknown norm 'l3'; allowed: 'l2', 'linf'"),
     (["--set", "env.n_agents=-1"], "error: n_agents must be a positive integer, got -1"),
     (["--set", "ppo.num_envs=abc"], "error: ppo.num_envs: expected int, got 'abc' (str)"),
     (["--set", "ppo.learning_rat=0.1"], "error: unknown key(s) ppo.learning_rat; allowed: ppo.num_envs"),
@@ -115,7 +121,8 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path):
 
 
 def test_adversarial_rollouts_under_shocks_resume_bit_for_bit(tmp_path):
-    shock = ["shock.prob=0.5", "shock.eps=0.1", "shock.steps=2", "shock_warmup=0.5", "total_agent_steps=960"]
+    shock = ["method=adv", "shock.prob=0.5", "shock.eps=0.1", "shock.steps=2", "shock_warmup=0.5",
+             "total_agent_steps=960"]
     full, full_dir = run_to_end(tmp_path, "full", *shock)
     rows = metric_rows(full_dir)
     probs = [float(row["shock/prob"]) for row in rows]
@@ -135,6 +142,6 @@ def test_adversarial_rollouts_under_shocks_resume_bit_for_bit(tmp_path):
 def test_aajr_method_trains_and_logs_its_diagnostics(tmp_path):
     summary, run_dir = run_to_end(tmp_path, "aajr", "method=aajr", "reg_coef=0.5", "reg_steps=2")
     rows = metric_rows(run_dir)
-    assert float(rows[-1]["aajr/jvp_norm_mean"]) > 0 and "aajr/pga_gain" in rows[-1]
+    assert float(rows[-1]["reg/jvp_norm_mean"]) > 0 and "reg/pga_gain" in rows[-1]
     again, again_dir = run_to_end(tmp_path, "aajr2", "method=aajr", "reg_coef=0.5", "reg_steps=2")
     assert metric_rows(again_dir) == rows
