@@ -1,0 +1,117 @@
+"""Evaluation of a trained policy under attacks: every (attack, mode, eps) cell on the same seeded episodes.
+
+For each cell the deterministic policy plays ``episodes`` environments for one episode (the same
+exogenous draws in every cell: same environment seed) while the shock wrapper perturbs every step's
+observations (``prob = 1``) with the attack; ``eps = 0`` is the nominal, unshocked evaluation. Per
+cell: the mean episodic return per agent, the mean system loss per step, and its ratio to the
+scenario's reference optimum (``agents.evaluate.TARGET_REFERENCE``) on the same episodes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Any
+
+import torch
+import yaml
+
+from agents.evaluate import TARGET_REFERENCE
+from envs.core import check_choice, check_positive_int, check_real
+from envs.shock_wrapper import ATTACKS, ShockConfig, ShockedVectorEnv
+from envs.shocks import MODES, NORMS
+from envs.vector import TorchVectorEnv, evaluate_policy
+
+DEFAULT_EPS = (0.0, 0.05, 0.1, 0.2, 0.3)
+EVAL_SEED = 20_000  # evaluation episodes never reuse training seeds
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackGrid:
+    """The attacks a trained policy is evaluated under.
+
+    :param attacks: shock objectives (``random``, ``spike``, ``system``, ``action``, ``value``).
+    :param modes: ``shared`` and/or ``per_agent``.
+    :param eps: budgets; 0 is the nominal evaluation (added when missing).
+    :param steps: PGA steps K of the attacks (stronger than the training attacks by default).
+    :param norm: ``l2`` or ``linf``.
+    :param episodes: environments evaluated in parallel, one episode each.
+    """
+
+    attacks: tuple[str, ...] = ("random", "spike", "system", "action", "value")
+    modes: tuple[str, ...] = ("shared", "per_agent")
+    eps: tuple[float, ...] = DEFAULT_EPS
+    steps: int = 10
+    norm: str = "l2"
+    episodes: int = 64
+
+    def __post_init__(self) -> None:
+        for attack in self.attacks:
+            check_choice("attack", attack, ATTACKS)
+        for mode in self.modes:
+            check_choice("mode", mode, MODES)
+        for eps in self.eps:
+            check_real("eps", eps, 0.0)
+        check_positive_int("steps", self.steps)
+        check_choice("norm", self.norm, NORMS)
+        check_positive_int("episodes", self.episodes)
+        object.__setattr__(self, "eps", tuple(sorted({0.0, *map(float, self.eps)})))
+
+
+def play(env: TorchVectorEnv, policy, shock: ShockConfig | None, seed: int) -> dict[str, float]:
+    """One episode in every environment of ``env`` (``auto_reset=False``) with the deterministic
+    policy, under ``shock`` (every step) or none; mean return per agent and system loss per step."""
+    stepper = env if shock is None else ShockedVectorEnv(
+        env, lambda obs: policy.deterministic_action(obs.float()).to(obs.dtype), shock,
+        value_fn=lambda obs: policy.value(obs.float()), seed=seed)
+    obs = stepper.reset(seed=seed)
+    returns = torch.zeros(env.num_envs, env.n_agents, device=env.device)
+    losses = torch.zeros(env.num_envs, device=env.device)
+    for _ in range(env.max_steps):
+        with torch.no_grad():
+            actions = policy.deterministic_action(obs.float()).to(env.scenario.dtype)
+        result = stepper.step(actions)
+        returns += result.rewards.float()
+        losses += result.system_loss.float()
+        obs = result.obs
+    return {"return_per_agent": float(returns.mean()), "system_loss": float(losses.mean()) / env.max_steps}
+
+
+def evaluate_under_attacks(scenario, policy, grid: AttackGrid, seed: int = EVAL_SEED) -> list[dict[str, Any]]:
+    """One row per (attack, mode, eps) with ``return_per_agent``, ``system_loss``,
+    ``ratio_to_reference`` and ``ratio_higher_is_better``; the eps = 0 row of every attack is the
+    nominal evaluation (computed once)."""
+    env = TorchVectorEnv(scenario, num_envs=grid.episodes, auto_reset=False)
+    reference_name = TARGET_REFERENCE.get(scenario.name, scenario.reference_names[0])
+    reference = evaluate_policy(scenario, lambda state: scenario.reference_action(state, reference_name),
+                                grid.episodes, seed)["system_loss"]
+
+    def row(attack: str, mode: str, eps: float, metrics: dict[str, float]) -> dict[str, Any]:
+        return {"attack": attack, "mode": mode, "eps": eps, **metrics,
+                "ratio_to_reference": metrics["system_loss"] / reference,
+                "ratio_higher_is_better": int(reference < 0)}
+
+    nominal = play(env, policy, None, seed)
+    rows = [row("none", "-", 0.0, nominal)]
+    for attack in grid.attacks:
+        for mode in grid.modes:
+            rows.append(row(attack, mode, 0.0, nominal))
+            for eps in grid.eps:
+                if eps > 0:
+                    shock = ShockConfig(eps=eps, norm=grid.norm, steps=grid.steps, objective=attack, mode=mode,
+                                        prob=1.0)
+                    rows.append(row(attack, mode, eps, play(env, policy, shock, seed)))
+    return rows
+
+
+def load_trained(run_dir: pathlib.Path, device: str = "cpu"):
+    """The config, scenario and policy of a finished (or checkpointed) ``train.py`` run directory."""
+    import train  # the run directory layout is train.py's
+    from agents.config import resolve
+
+    config = resolve(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    config = dataclasses.replace(config, device=device)
+    learner = train.build_learner(config)
+    learner.load_state_dict(train.load_checkpoint(run_dir, device))
+    learner.policy.eval()
+    return config, learner.env.scenario, learner.policy
