@@ -1,0 +1,101 @@
+"""The benchmark grid: cells, resumability after a kill, Ray = local, evaluation rows and diagnostics."""
+
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+from agents.config import ConfigError
+from robustness.evaluate import AttackGrid
+from robustness.runner import BenchmarkConfig, grid_cells, run_grid
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+TINY = BenchmarkConfig(
+    scenarios=("routing",), methods=("ppo", "aajr", "adv"), seeds=(0,), size="small",
+    overrides=("total_agent_steps=480", "env.horizon=5", "ppo.num_envs=8", "ppo.rollout_steps=5", "eval_envs=4",
+               "reg_steps=2", "checkpoint_every=1"),
+    attack=AttackGrid(attacks=("random", "system"), modes=("shared",), eps=(0.0, 0.2), steps=2, episodes=4),
+    diag_states=8, diag_steps=2)
+
+
+def results_of(results_dir: pathlib.Path) -> dict:
+    return {path.name: json.loads(path.read_text()) for path in sorted((results_dir / "cells").glob("*.json"))}
+
+
+def test_grid_has_one_cell_per_penalty_lambda_and_refuses_bad_names():
+    config = BenchmarkConfig(scenarios=("routing",), methods=("ppo", "aajr"), seeds=(0, 1), reg_coefs=(0.1, 1.0))
+    names = [cell.name for cell in grid_cells(config)]
+    assert names == ["routing-ppo-lam0-seed0", "routing-ppo-lam0-seed1", "routing-aajr-lam0.1-seed0",
+                     "routing-aajr-lam0.1-seed1", "routing-aajr-lam1-seed0", "routing-aajr-lam1-seed1"]
+    with pytest.raises(ConfigError, match="unknown method 'magic'"):
+        BenchmarkConfig(methods=("magic",))
+    with pytest.raises(ConfigError, match="unknown scenario 'traffic'"):
+        BenchmarkConfig(scenarios=("traffic",))
+
+
+def test_grid_results_hold_the_nominal_row_at_eps_zero_and_refuse_another_grid(tmp_path):
+    run_grid(TINY, tmp_path, command="pytest")
+    results = results_of(tmp_path)
+    assert len(results) == 3
+    for result in results.values():
+        rows = result["evaluations"]
+        nominal = next(row for row in rows if row["attack"] == "none")
+        for row in rows:
+            if row["eps"] == 0.0:
+                assert row["return_per_agent"] == nominal["return_per_agent"]
+        system = next(row for row in rows if row["attack"] == "system" and row["eps"] == 0.2)
+        assert system["system_loss"] > nominal["system_loss"]  # the PGA attack hurts
+        assert result["diagnostics"]["eval_states"] == 8
+        assert result["diagnostics"]["jvp_norm_mean"] > 0
+    lines = (tmp_path / "evaluations.csv").read_text().splitlines()
+    assert len(lines) == 1 + 3 * 5  # header + 3 cells x (none + 2 attacks x 2 eps)
+    assert json.loads((tmp_path / "run.json").read_text())["command"] == "pytest"
+    with pytest.raises(ConfigError, match="holds the results of another grid"):
+        run_grid(BenchmarkConfig(scenarios=("routing",), methods=("ppo",), seeds=(5,)), tmp_path)
+
+
+@pytest.mark.slow
+def test_a_killed_runner_finishes_the_grid_without_rerunning_finished_cells(tmp_path):
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    run_grid(TINY, clean)
+    script = ("import pathlib, sys; sys.path.insert(0, '.'); from tests.test_benchmark import TINY; "
+              "from robustness.runner import run_grid; run_grid(TINY, pathlib.Path(sys.argv[1]))")
+    process = subprocess.Popen([sys.executable, "-c", script, str(killed)], cwd=ROOT)
+    deadline = time.time() + 300
+    while not list((killed / "cells").glob("*.json")) and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)  # into the second cell's training
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    first = sorted((killed / "cells").glob("*.json"))
+    assert 1 <= len(first) < 3, "the runner should have been killed mid-grid"
+    stamps = {path.name: os.stat(path).st_mtime_ns for path in first}
+    ran = run_grid(TINY, killed)
+    assert {cell.name + ".json" for cell in ran}.isdisjoint(stamps)
+    assert {path.name: os.stat(path).st_mtime_ns for path in first} == stamps
+    assert results_of(killed) == results_of(clean)
+    assert (killed / "evaluations.csv").read_text() == (clean / "evaluations.csv").read_text()
+
+
+@pytest.mark.slow
+def test_ray_backend_gives_the_same_results_as_the_local_backend(tmp_path, monkeypatch):
+    ray = pytest.importorskip("ray")
+    monkeypatch.setenv("HOME", str(tmp_path))  # Ray writes ~/.ray
+    ray_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay under 107 bytes
+    local, remote = tmp_path / "local", tmp_path / "remote"
+    run_grid(TINY, local, backend="local", jobs=1)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=ray_dir)
+    try:
+        run_grid(TINY, remote, backend="ray", jobs=2)
+    finally:
+        ray.shutdown()
+        shutil.rmtree(ray_dir, ignore_errors=True)
+    assert results_of(remote) == results_of(local)
+    assert (remote / "evaluations.csv").read_text() == (local / "evaluations.csv").read_text()
