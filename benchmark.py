@@ -35,6 +35,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--reg-coefs", type=float, nargs="+", help="override the preset's lambda values")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="train.py overrides added to every cell (e.g. total_agent_steps=1e5)")
+    parser.add_argument("--attacks", nargs="+", help="override the attacks (random spike system action value)")
+    parser.add_argument("--modes", nargs="+", help="override the shock modes (shared per_agent)")
+    parser.add_argument("--eps", type=float, nargs="+", help="override the eps grid (0 is always included)")
+    parser.add_argument("--episodes", type=int, help="override the evaluation episodes per cell")
     parser.add_argument("--backend", default="local", choices=BACKENDS)
     parser.add_argument("--jobs", type=int, default=1, help="cells run in parallel (processes or Ray tasks)")
     parser.add_argument("--address", help="Ray cluster address (default: a local Ray)")
@@ -52,6 +56,11 @@ def main(argv: list[str] | None = None) -> int:
                    if value is not None}
         if args.set:
             changes["overrides"] = config.overrides + tuple(args.set)
+        attack = {name: tuple(value) if isinstance(value, list) else value
+                  for name, value in (("attacks", args.attacks), ("modes", args.modes), ("eps", args.eps),
+                                      ("episodes", args.episodes)) if value is not None}
+        if attack:
+            changes["attack"] = dataclasses.replace(config.attack, **attack)
         config = dataclasses.replace(config, **changes)
         out = args.out or pathlib.Path("results") / args.preset
         command = "python " + " ".join(shlex.quote(arg) for arg in ["benchmark.py", *(argv or sys.argv[1:])])

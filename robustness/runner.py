@@ -75,10 +75,9 @@ class BenchmarkConfig:
 
 
 PRESETS: dict[str, BenchmarkConfig] = {
-    # minutes on a 2-core CPU: two scenarios, three methods, two seeds, short training
+    # minutes on a 2-core CPU: two scenarios, three methods, two seeds, the small configs
     "smoke": BenchmarkConfig(
         scenarios=("commons", "routing"), methods=("ppo", "aajr", "adv"), seeds=(0, 1), size="small",
-        overrides=("total_agent_steps=8000",),
         attack=AttackGrid(attacks=("random", "system"), modes=("shared",), eps=(0.0, 0.1, 0.2), steps=5,
                           episodes=16),
         diag_states=64),
