@@ -1,0 +1,392 @@
+"""Tables and figures of a benchmark results directory, with the command that produced them.
+
+Reads ``RESULTS_DIR/evaluations.csv``, ``diagnostics.csv`` and ``run.json`` (written by the grid
+runner) and writes into ``RESULTS_DIR/report/``:
+
+* ``robustness.md/.csv``: per scenario and (attack, mode), per method (x reg_coef lambda when a
+  method has several) and eps: IQM [95% CI] over seeds of ``return_per_agent`` and
+  ``ratio_to_reference``;
+* ``price_of_robustness.md/.csv``: per scenario and method, under the strongest attack (``system``,
+  ``shared`` by default): the nominal return R(0) (eps = 0), the robust return R(eps) at every
+  eps > 0, the Price of Robustness ``PoR = R_ppo(0) - R(0)`` (nominal return lost relative to plain
+  PPO) and the robust gain ``G(eps) = R(eps) - R_ppo(eps)``, both paired per seed (same scenario,
+  same seed) before the IQM [CI] is taken;
+* ``diagnostics.md/.csv``: IQM [CI] of every theory diagnostic per scenario x method;
+* ``robustness_<scenario>_<attack>_<mode>.png`` (return vs eps, CI bands), ``pareto_<scenario>.png``
+  (nominal vs robust return at the largest eps, CI error bars), ``amplification_<scenario>.png``
+  (``||J u||`` vs ``||J||_2`` per cell, y = x line);
+* ``index.md``: links to everything, the figures with their captions, and the provenance.
+
+CSV tables are long ("tidy"): the key columns, then ``quantity, iqm, ci_low, ci_high, n`` (n = seeds
+pooled). Provenance: every Markdown file ends with a footer giving the benchmark command, its
+preset, a link to ``run.json`` (the full grid) and the report command; every CSV ``<name>.csv`` has
+a sidecar ``<name>.provenance.json`` with the same information (the CSVs stay plain for any
+reader); every PNG carries it in its metadata (``Source``: benchmark command, ``Comment``: report
+command and run.json) and is shown with its caption in ``index.md``.
+
+CLI: ``python -m robustness.report RESULTS_DIR [--reps N] [--attack system] [--mode shared]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import pathlib
+import shlex
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from robustness.stats import BOOTSTRAP_SEED, CONFIDENCE, REPS, Estimate, aggregate, describe, differences_to_baseline
+
+CELL = ("scenario", "method", "reg_coef", "seed")
+EVAL_KEYS = (*CELL, "attack", "mode", "eps")
+EVAL_VALUES = ("return_per_agent", "system_loss", "ratio_to_reference", "ratio_higher_is_better")
+DIAGNOSTICS = ("jvp_norm_mean", "jvp_norm_max", "global_norm_mean", "budget", "frac_directional_only",
+               "curvature_mean", "curvature_max", "nonmonotone_rate", "eval_states")
+TEXT_COLUMNS = ("scenario", "method", "attack", "mode")
+INTEGER_COLUMNS = ("seed", "ratio_higher_is_better", "eval_states")
+METHOD_ORDER = ("ppo", "aajr", "jacobian", "spectral", "specnorm", "smooth", "adv", "aajr+adv")
+BASELINE = "ppo"
+ROBUSTNESS_KEYS = ("scenario", "attack", "mode", "method", "reg_coef", "eps")
+ROBUSTNESS_QUANTITIES = {"return_per_agent": "Return per agent (higher is better)",
+                         "ratio_to_reference": "Ratio to reference"}
+PRICE_KEYS = ("scenario", "method", "reg_coef", "eps")
+DIAGNOSTIC_KEYS = ("scenario", "method", "reg_coef")
+
+
+def read_table(path: pathlib.Path, keys: Sequence[str], values: Sequence[str]) -> list[dict[str, Any]]:
+    """The rows of a results CSV as dicts; a missing column, a missing/NaN/non-numeric value or a
+    duplicated cell is an error naming it. Other columns are ignored."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found")
+    raw = pd.read_csv(path, dtype=str, keep_default_na=False)  # attack "none" stays a string
+    missing = [column for column in (*keys, *values) if column not in raw.columns]
+    if missing:
+        raise ValueError(f"{path.name}: missing column(s) {', '.join(missing)}")
+    raw = raw[[*keys, *values]]
+
+    def where(row: int) -> str:
+        return f"line {row + 2} ({describe(keys, [raw[key].iat[row] for key in keys])})"
+
+    frame = raw.copy()
+    for column in frame.columns:
+        if column in TEXT_COLUMNS:
+            continue
+        frame[column] = pd.to_numeric(raw[column].str.strip(), errors="coerce")
+        bad = frame[column].isna().to_numpy()
+        if bad.any():
+            row = int(bad.argmax())
+            raise ValueError(f"{path.name}: column {column!r} is missing, NaN or not a number "
+                             f"({raw[column].iat[row]!r}) in {where(row)}")
+        frame[column] = frame[column].astype(int if column in INTEGER_COLUMNS else float)
+    duplicated = frame.duplicated(list(keys)).to_numpy()
+    if duplicated.any():
+        raise ValueError(f"{path.name}: duplicated cell in {where(int(duplicated.argmax()))}")
+    return frame.to_dict("records")
+
+
+@dataclasses.dataclass(frozen=True)
+class Provenance:
+    """The benchmark command and preset (from run.json) and the report command behind every output."""
+
+    command: str
+    preset: str
+    report_command: str
+    reps: int
+
+    @classmethod
+    def read(cls, results_dir: pathlib.Path, report_command: str, reps: int) -> Provenance:
+        path = results_dir / "run.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: every table and figure must record the benchmark command")
+        run = json.loads(path.read_text())
+        if not run.get("command"):
+            raise ValueError(f"{path}: missing 'command'")
+        return cls(str(run["command"]), str(run.get("preset", "-")), report_command, reps)
+
+    @property
+    def method(self) -> str:
+        return (f"IQM over seeds with {CONFIDENCE:.0%} stratified-bootstrap CIs "
+                f"({self.reps} replicates, bootstrap seed {BOOTSTRAP_SEED})")
+
+    def footer(self) -> str:
+        return (f"\n---\nBenchmark command: `{self.command}` (preset `{self.preset}`; full grid in "
+                f"[run.json](../run.json)).  \nReport: `{self.report_command}`; {self.method}.\n")
+
+    def sidecar(self, source: pathlib.Path) -> pathlib.Path:
+        path = source.with_name(source.stem + ".provenance.json")
+        path.write_text(json.dumps({"file": source.name, "command": self.command, "preset": self.preset,
+                                    "run_json": "../run.json", "report_command": self.report_command,
+                                    "statistics": self.method}, indent=2) + "\n")
+        return path
+
+    def png_metadata(self, title: str) -> dict[str, str]:
+        return {"Title": title, "Source": self.command,
+                "Comment": f"report: {self.report_command}; grid: ../run.json; {self.method}"}
+
+
+def unique(values: Iterable[Any]) -> list[Any]:
+    """Distinct values in first-seen order."""
+    return list(dict.fromkeys(values))
+
+
+def method_key(cell: tuple[str, float]) -> tuple:
+    """Sort key of a (method, reg_coef) pair: METHOD_ORDER first, then by name, then by lambda."""
+    method, coef = cell
+    return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method, coef)
+
+
+class Labels:
+    """Method labels per scenario: ``method``, or ``method λ=coef`` when it has several reg_coef."""
+
+    def __init__(self, rows: Iterable[dict[str, Any]]):
+        self.cells: dict[str, list[tuple[str, float]]] = {}
+        for row in rows:
+            self.cells.setdefault(row["scenario"], []).append((row["method"], row["reg_coef"]))
+        self.cells = {scenario: sorted(set(cells), key=method_key) for scenario, cells in self.cells.items()}
+
+    def __call__(self, scenario: str, method: str, coef: float) -> str:
+        several = sum(m == method for m, _ in self.cells[scenario]) > 1
+        return f"{method} λ={coef:g}" if several else method
+
+
+def fmt(estimate: Estimate | None) -> str:
+    return "–" if estimate is None else str(estimate)
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n\n"
+
+
+def estimate_rows(estimates: dict[tuple, Estimate], keys: Sequence[str], quantity: str,
+                  **constant: Any) -> list[dict[str, Any]]:
+    """Long CSV rows: the key columns, ``constant`` columns, then quantity, iqm, ci_low, ci_high, n."""
+    return [{**dict(zip(keys, key)), **constant, "quantity": quantity, "iqm": e.iqm, "ci_low": e.lo,
+             "ci_high": e.hi, "n": e.n} for key, e in estimates.items()]
+
+
+def ratio_note(evals: list[dict[str, Any]], scenario: str) -> str:
+    directions = {row["ratio_higher_is_better"] for row in evals if row["scenario"] == scenario}
+    if len(directions) != 1:
+        raise ValueError(f"evaluations.csv: ratio_higher_is_better is not constant for scenario={scenario}")
+    return ("fraction of the reference welfare, higher is better" if directions.pop()
+            else "cost relative to the reference optimum, lower is better, 1 = optimal")
+
+
+def robustness_tables(evals: list[dict[str, Any]], labels: Labels, reps: int) -> tuple[str, list[dict], dict]:
+    """Markdown and CSV rows of the robustness tables; the return estimates for the figures."""
+    attacked = [row for row in evals if row["attack"] != "none"]
+    estimates = {q: aggregate(attacked, q, ROBUSTNESS_KEYS, reps) for q in ROBUSTNESS_QUANTITIES}
+    csv_rows = [row for q, e in estimates.items() for row in estimate_rows(e, ROBUSTNESS_KEYS, q)]
+    markdown = []
+    for scenario in unique(row["scenario"] for row in attacked):
+        rows = [row for row in attacked if row["scenario"] == scenario]
+        for attack, mode in unique((row["attack"], row["mode"]) for row in rows):
+            grid = sorted(unique(row["eps"] for row in rows if (row["attack"], row["mode"]) == (attack, mode)))
+            markdown.append(f"## {scenario}: {attack} attack, {mode} shock\n\n")
+            for quantity, title in ROBUSTNESS_QUANTITIES.items():
+                note = f" ({ratio_note(evals, scenario)})" if quantity == "ratio_to_reference" else ""
+                body = [[labels(scenario, *cell)] + [fmt(estimates[quantity].get((scenario, attack, mode, *cell, eps)))
+                                                     for eps in grid] for cell in labels.cells[scenario]]
+                markdown.append(f"{title}{note}:\n\n" + markdown_table(["method"] + [f"ε={e:g}" for e in grid], body))
+    return "".join(markdown), csv_rows, estimates["return_per_agent"]
+
+
+def price_tables(evals: list[dict[str, Any]], labels: Labels, attack: str, mode: str,
+                 reps: int) -> tuple[str, list[dict], dict]:
+    """Markdown and CSV rows of the Price of Robustness tables; the estimates for the Pareto figures.
+
+    PoR = R_ppo(0) - R(0) and G(eps) = R(eps) - R_ppo(eps), differences paired per scenario and seed.
+    """
+    rows = [row for row in evals if (row["attack"], row["mode"]) == (attack, mode)]
+    nominal = [row for row in rows if row["eps"] == 0]
+    attacked = [row for row in rows if row["eps"] > 0]
+    if not nominal or not attacked:
+        raise ValueError(f"evaluations.csv: the Price of Robustness needs eps = 0 and eps > 0 rows for "
+                         f"attack={attack}, mode={mode}")
+    value, baseline = "return_per_agent", {"method": BASELINE}
+    lost = [{**row, value: 0.0 - row[value]}  # 0.0 - d: the baseline's own PoR prints as 0, not -0
+            for row in differences_to_baseline(nominal, value, ("scenario", "seed"), baseline)]
+    gained = differences_to_baseline(attacked, value, ("scenario", "seed", "eps"), baseline)
+    estimates = {"nominal_return": aggregate(nominal, value, PRICE_KEYS, reps),
+                 "price_of_robustness": aggregate(lost, value, PRICE_KEYS, reps),
+                 "robust_return": aggregate(attacked, value, PRICE_KEYS, reps),
+                 "robust_gain": aggregate(gained, value, PRICE_KEYS, reps)}
+    csv_rows = [row for q, e in estimates.items()
+                for row in estimate_rows(e, PRICE_KEYS, q, attack=attack, mode=mode)]
+    markdown = [(f"Strongest attack: `{attack}`, `{mode}` shock. R(0): nominal return per agent; "
+                f"PoR = R_{BASELINE}(0) - R(0): nominal return lost relative to {BASELINE} (same seed); "
+                f"R(ε): robust return; G(ε) = R(ε) - R_{BASELINE}(ε): robust return gained (same seed).\n\n")]
+    for scenario in unique(row["scenario"] for row in rows):
+        grid = sorted(unique(row["eps"] for row in attacked if row["scenario"] == scenario))
+        header = ["method", "R(0)", "PoR"] + [f"R(ε={e:g})" for e in grid] + [f"G(ε={e:g})" for e in grid]
+        body = [[labels(scenario, *cell), fmt(estimates["nominal_return"].get((scenario, *cell, 0.0))),
+                 fmt(estimates["price_of_robustness"].get((scenario, *cell, 0.0)))]
+                + [fmt(estimates["robust_return"].get((scenario, *cell, e))) for e in grid]
+                + [fmt(estimates["robust_gain"].get((scenario, *cell, e))) for e in grid]
+                for cell in labels.cells[scenario]]
+        markdown.append(f"## {scenario}\n\n" + markdown_table(header, body))
+    return "".join(markdown), csv_rows, estimates
+
+
+def diagnostics_tables(diags: list[dict[str, Any]], labels: Labels, reps: int) -> tuple[str, list[dict]]:
+    """Markdown and CSV rows of IQM [CI] of every diagnostic per scenario x method (x reg_coef)."""
+    estimates = {q: aggregate(diags, q, DIAGNOSTIC_KEYS, reps) for q in DIAGNOSTICS}
+    csv_rows = [row for q, e in estimates.items() for row in estimate_rows(e, DIAGNOSTIC_KEYS, q)]
+    markdown = [("||J u||: directional amplification along PGA trajectories; ||J||_2: global norm by power "
+                "iteration at the same states; budget: gamma; frac_directional_only: states with "
+                "max_t ||J u_t|| <= gamma < ||J||_2; curvature: v_t^T Hess g v_t along PGA steps; "
+                "nonmonotone_rate: PGA steps that decreased g.\n\n")]
+    for scenario in unique(row["scenario"] for row in diags):
+        body = [[labels(scenario, *cell)] + [fmt(estimates[q].get((scenario, *cell))) for q in DIAGNOSTICS]
+                for cell in labels.cells[scenario]]
+        markdown.append(f"## {scenario}\n\n" + markdown_table(["method", *DIAGNOSTICS], body))
+    return "".join(markdown), csv_rows
+
+
+def save_figure(fig: Figure, path: pathlib.Path, title: str, provenance: Provenance) -> pathlib.Path:
+    """PNG (Agg renderer) with the provenance in its metadata."""
+    fig.savefig(path, dpi=120, bbox_inches="tight", metadata=provenance.png_metadata(title))
+    return path
+
+
+def style(index: int) -> dict[str, Any]:
+    return {"color": f"C{index % 10}", "linestyle": ("-", "--", ":", "-.")[index // 10 % 4]}
+
+
+def robustness_figure(estimates: dict, labels: Labels, scenario: str, attack: str, mode: str) -> Figure:
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    for index, cell in enumerate(labels.cells[scenario]):
+        points = sorted((key[-1], e) for key, e in estimates.items() if key[:-1] == (scenario, attack, mode, *cell))
+        if points:
+            eps = [p for p, _ in points]
+            ax.plot(eps, [e.iqm for _, e in points], marker="o", label=labels(scenario, *cell), **style(index))
+            ax.fill_between(eps, [e.lo for _, e in points], [e.hi for _, e in points],
+                            color=style(index)["color"], alpha=0.15)
+    ax.set(xlabel="shock budget ε", ylabel="return per agent (IQM, 95% CI)",
+           title=f"{scenario}: {attack} attack, {mode} shock")
+    ax.legend(fontsize="small")
+    return fig
+
+
+def pareto_figure(estimates: dict, labels: Labels, scenario: str, eps: float) -> Figure:
+    fig = Figure(figsize=(5, 4))
+    ax = fig.add_subplot()
+    for index, cell in enumerate(labels.cells[scenario]):
+        x = estimates["nominal_return"].get((scenario, *cell, 0.0))
+        y = estimates["robust_return"].get((scenario, *cell, eps))
+        if x is not None and y is not None:
+            ax.errorbar(x.iqm, y.iqm, xerr=[[x.iqm - x.lo], [x.hi - x.iqm]], yerr=[[y.iqm - y.lo], [y.hi - y.iqm]],
+                        fmt="o", capsize=3, color=style(index)["color"], label=labels(scenario, *cell))
+    ax.set(xlabel="nominal return per agent (ε=0)", ylabel=f"robust return per agent (ε={eps:g})",
+           title=f"{scenario}: nominal vs robust")
+    ax.legend(fontsize="small")
+    return fig
+
+
+def amplification_figure(diags: list[dict[str, Any]], labels: Labels, scenario: str) -> Figure:
+    fig = Figure(figsize=(5, 4))
+    ax = fig.add_subplot()
+    rows = [row for row in diags if row["scenario"] == scenario]
+    for index, cell in enumerate(labels.cells[scenario]):
+        cell_rows = [row for row in rows if (row["method"], row["reg_coef"]) == cell]
+        if cell_rows:
+            ax.scatter([row["global_norm_mean"] for row in cell_rows], [row["jvp_norm_mean"] for row in cell_rows],
+                       color=style(index)["color"], label=labels(scenario, *cell))
+    top = max(max(row["global_norm_mean"], row["jvp_norm_mean"]) for row in rows)
+    ax.plot([0, top], [0, top], color="grey", linestyle="--", linewidth=1, label="y = x")
+    ax.set(xlabel="global ||J||_2 (mean over states)", ylabel="directional ||J u|| (mean along PGA)",
+           title=f"{scenario}: amplification per cell")
+    ax.legend(fontsize="small")
+    return fig
+
+
+def write_report(results_dir: str | pathlib.Path, reps: int = REPS, attack: str = "system",
+                 mode: str = "shared") -> list[pathlib.Path]:
+    """Write the tables, figures and index of ``results_dir`` into ``results_dir/report``; return
+    the written paths. ``attack``/``mode``: the strongest attack, used for the Price of Robustness."""
+    results_dir = pathlib.Path(results_dir)
+    command = shlex.join(["python", "-m", "robustness.report", str(results_dir), "--reps", str(reps),
+                          "--attack", attack, "--mode", mode])
+    provenance = Provenance.read(results_dir, command, reps)
+    evals = read_table(results_dir / "evaluations.csv", EVAL_KEYS, EVAL_VALUES)
+    diags = read_table(results_dir / "diagnostics.csv", CELL, DIAGNOSTICS)
+    labels = Labels(evals + diags)
+    out = results_dir / "report"
+    out.mkdir(exist_ok=True)
+    written: list[pathlib.Path] = []
+
+    def table(name: str, title: str, markdown: str, csv_rows: list[dict]) -> None:
+        (out / f"{name}.md").write_text(f"# {title}\n\n{markdown}{provenance.footer()}")
+        pd.DataFrame(csv_rows).to_csv(out / f"{name}.csv", index=False)
+        written.extend([out / f"{name}.md", out / f"{name}.csv", provenance.sidecar(out / f"{name}.csv")])
+
+    figures: list[tuple[str, pathlib.Path, str]] = []  # (scenario, path, caption)
+
+    def figure(scenario: str, fig: Figure, name: str, caption: str) -> None:
+        written.append(save_figure(fig, out / name, caption, provenance))
+        figures.append((scenario, out / name, caption))
+
+    markdown, csv_rows, returns = robustness_tables(evals, labels, reps)
+    table("robustness", "Robustness under attacks", markdown, csv_rows)
+    for scenario, attack_, mode_ in unique(key[:3] for key in returns):
+        figure(scenario, robustness_figure(returns, labels, scenario, attack_, mode_),
+               f"robustness_{scenario}_{attack_}_{mode_}.png",
+               f"{scenario}: return per agent vs shock budget ε under the {attack_} attack ({mode_} shock), "
+               "IQM over seeds with 95% CI bands.")
+    markdown, csv_rows, price = price_tables(evals, labels, attack, mode, reps)
+    table("price_of_robustness", "Price of Robustness", markdown, csv_rows)
+    for scenario in unique(key[0] for key in price["robust_return"]):
+        eps = max(key[-1] for key in price["robust_return"] if key[0] == scenario)
+        figure(scenario, pareto_figure(price, labels, scenario, eps), f"pareto_{scenario}.png",
+               f"{scenario}: nominal return (ε=0) vs robust return (ε={eps:g}, {attack} attack, {mode} shock) "
+               "per method, IQM with 95% CI error bars.")
+    markdown, csv_rows = diagnostics_tables(diags, labels, reps)
+    table("diagnostics", "Theory diagnostics", markdown, csv_rows)
+    for scenario in unique(row["scenario"] for row in diags):
+        figure(scenario, amplification_figure(diags, labels, scenario), f"amplification_{scenario}.png",
+               f"{scenario}: directional amplification ||J u|| along PGA trajectories vs global ||J||_2 at the "
+               "same states, one point per trained policy (cell), colored by method; dashed: y = x.")
+    written.append(write_index(out, provenance, figures))
+    return written
+
+
+def write_index(out: pathlib.Path, provenance: Provenance,
+                figures: list[tuple[str, pathlib.Path, str]]) -> pathlib.Path:
+    """``index.md``: links to the tables, the figures with their captions, the provenance."""
+    lines = ["# Robustness benchmark report\n\n## Tables\n\n"]
+    for name, title in (("robustness", "Robustness: return and ratio to reference vs ε per attack and method"),
+                        ("price_of_robustness", "Price of Robustness: nominal return lost vs robust return gained"),
+                        ("diagnostics", "Theory diagnostics: amplification, budget, curvature, PGA stability")):
+        lines.append(f"- [{title}]({name}.md) ([CSV]({name}.csv), provenance: "
+                     f"[{name}.provenance.json]({name}.provenance.json))\n")
+    lines.append("\nCSV tables are long: key columns, then quantity, iqm, ci_low, ci_high, n (seeds); each has a "
+                 "sidecar `<name>.provenance.json` with the commands. Figures carry them in their PNG metadata.\n")
+    for scenario in unique(scenario for scenario, _, _ in figures):
+        lines.append(f"\n## Figures: {scenario}\n")
+        lines += [f"\n![{path.stem}]({path.name})\n\n*{caption}*\n" for s, path, caption in figures if s == scenario]
+    path = out / "index.md"
+    path.write_text("".join(lines) + provenance.footer())
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m robustness.report", description=__doc__.splitlines()[0])
+    parser.add_argument("results_dir", type=pathlib.Path, help="folder with evaluations.csv, diagnostics.csv, run.json")
+    parser.add_argument("--reps", type=int, default=REPS, help="bootstrap replicates (default %(default)s)")
+    parser.add_argument("--attack", default="system", help="strongest attack, for the Price of Robustness")
+    parser.add_argument("--mode", default="shared", help="its shock mode")
+    args = parser.parse_args(argv)
+    for path in write_report(args.results_dir, args.reps, args.attack, args.mode):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,281 @@
+"""Reporting of the robustness benchmark: IQM and bootstrap CIs (robustness.stats) and the tables,
+figures and provenance written by robustness.report, on synthetic results with known values."""
+
+import csv
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from rliable import metrics
+from scipy.stats import trim_mean
+
+from robustness import report, stats
+
+REPS = 200
+COMMAND = "python -m robustness.runner --preset smoke --out results/smoke"
+SCENARIOS = {"routing": 0, "commons": 1}  # ratio_higher_is_better
+SEEDS = (0, 1, 2, 3)
+EPS = (0.0, 0.1, 0.2)
+ATTACKS = (("system", "shared"), ("system", "per_agent"), ("random", "shared"))
+CELLS = (("ppo", 0.0), ("aajr", 0.1), ("aajr", 1.0), ("adv", 0.0))
+NOISE = (0.0, 2.0, 0.5, 7.5)  # per seed: the IQM of 4 seeds trims the 0.0 and the 7.5
+DROP = {"ppo": 20.0, "aajr": 5.0, "adv": 10.0}  # return lost per unit of eps
+
+
+def nominal(scenario: str, method: str, coef: float, seed: int) -> float:
+    """ppo's nominal return minus 1 for aajr lambda=0.1, minus 2 for lambda=1, minus 0.5 for adv
+    (all exactly representable, so paired differences are exact)."""
+    penalty = {("ppo", 0.0): 0.0, ("aajr", 0.1): 1.0, ("aajr", 1.0): 2.0, ("adv", 0.0): 0.5}[(method, coef)]
+    return 10.0 * (1 + SCENARIOS[scenario]) + NOISE[seed] - penalty
+
+
+def attacked(scenario: str, method: str, coef: float, seed: int, attack: str, eps: float) -> float:
+    scale = 1.0 if attack == "system" else 0.25
+    return nominal(scenario, method, coef, seed) - scale * DROP[method] * eps * (1 + seed)
+
+
+def write_csv(path, rows):
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def eval_rows():
+    rows = []
+    for scenario, higher in SCENARIOS.items():
+        for method, coef in CELLS:
+            for seed in SEEDS:
+                cell = {"scenario": scenario, "method": method, "reg_coef": coef, "seed": seed}
+                grid = [("none", "-", 0.0)] + [(a, m, e) for a, m in ATTACKS for e in EPS]
+                for attack, mode, eps in grid:
+                    ret = attacked(scenario, method, coef, seed, attack, eps)
+                    rows.append({**cell, "attack": attack, "mode": mode, "eps": eps, "return_per_agent": ret,
+                                 "system_loss": -ret, "ratio_to_reference": ret / 30.0,
+                                 "ratio_higher_is_better": higher})
+    return rows
+
+
+def diag_rows():
+    return [{"scenario": scenario, "method": method, "reg_coef": coef, "seed": seed,
+             "jvp_norm_mean": 0.5 + seed, "jvp_norm_max": 1.0 + seed, "global_norm_mean": 2.0 + seed,
+             "global_norm_max": 3.0 + seed, "budget": 1.5, "frac_directional_only": 0.25 * seed,
+             "curvature_mean": -0.1 * seed, "curvature_max": 0.2, "nonmonotone_rate": 0.05, "eval_states": 256}
+            for scenario in SCENARIOS for method, coef in CELLS for seed in SEEDS]
+
+
+def make_results(path, evals=None, diags=None):
+    path.mkdir(parents=True, exist_ok=True)
+    write_csv(path / "evaluations.csv", eval_rows() if evals is None else evals)
+    write_csv(path / "diagnostics.csv", diag_rows() if diags is None else diags)
+    (path / "run.json").write_text(json.dumps({"command": COMMAND, "preset": "smoke", "config": {"seeds": 4}}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    results = make_results(tmp_path_factory.mktemp("results"))
+    return results / "report", report.write_report(results, reps=REPS)
+
+
+def read(out, name):
+    return pd.read_csv(out / f"{name}.csv")
+
+
+# ---------------------------------------------------------------- stats
+
+
+def test_iqm_is_the_mean_of_the_middle_half():
+    x = np.array([5.0, -3.0, 100.0, 2.0, 4.0, 1.0, 0.0, 3.0])
+    estimate = stats.iqm_ci(x, reps=REPS)
+    assert estimate.iqm == pytest.approx(trim_mean(x, 0.25)) == pytest.approx(np.mean([1.0, 2.0, 3.0, 4.0]))
+    assert estimate.iqm == pytest.approx(metrics.aggregate_iqm(x[:, None]))
+    assert estimate.lo <= estimate.iqm <= estimate.hi and estimate.n == 8
+
+
+def test_runs_x_tasks_pools_the_runs_of_every_task():
+    scores = np.random.default_rng(0).normal(size=(5, 3))
+    estimate = stats.iqm_ci(scores, reps=REPS)
+    assert estimate.iqm == pytest.approx(metrics.aggregate_iqm(scores))
+    assert estimate.lo <= estimate.iqm <= estimate.hi and estimate.n == 15
+
+
+def test_bootstrap_is_reproducible_and_leaves_numpy_global_state_alone():
+    x = np.random.default_rng(1).normal(size=7)
+    np.random.seed(123)
+    before = np.random.get_state()[1].copy()
+    first = stats.iqm_ci(x, reps=REPS)
+    assert np.array_equal(np.random.get_state()[1], before)
+    assert stats.iqm_ci(x, reps=REPS) == first
+    assert stats.iqm_ci(x, reps=REPS, seed=1) != first
+
+
+def test_one_seed_collapses_the_interval_to_the_point():
+    assert stats.iqm_ci([3.25], reps=REPS) == stats.Estimate(3.25, 3.25, 3.25, 1)
+
+
+def test_nan_is_refused_naming_the_cell():
+    with pytest.raises(ValueError, match="routing/ppo"):
+        stats.iqm_ci([1.0, np.nan, 2.0], cell="routing/ppo")
+    rows = [{"scenario": "routing", "seed": 0, "x": 1.0}, {"scenario": "commons", "seed": 0, "x": np.nan}]
+    with pytest.raises(ValueError, match="'x' at scenario=commons"):
+        stats.aggregate(rows, "x", ["scenario"], reps=REPS)
+
+
+def test_aggregate_groups_cells_with_different_numbers_of_runs():
+    rows = [{"m": "a", "x": v} for v in (1.0, 2.0, 3.0, 4.0)] + [{"m": "b", "x": 7.0}]
+    estimates = stats.aggregate(rows, "x", ["m"], reps=REPS)
+    assert list(estimates) == [("a",), ("b",)]
+    assert estimates[("a",)].iqm == pytest.approx(2.5) and estimates[("a",)].n == 4
+    assert estimates[("b",)] == stats.Estimate(7.0, 7.0, 7.0, 1)
+
+
+def test_differences_to_baseline_are_paired_and_checked():
+    rows = [{"method": m, "seed": s, "x": 10.0 * s + d} for m, d in (("ppo", 0.0), ("a", -1.0)) for s in (0, 1)]
+    paired = stats.differences_to_baseline(rows, "x", ["seed"], {"method": "ppo"})
+    assert [row["x"] for row in paired] == [0.0, 0.0, -1.0, -1.0]
+    with pytest.raises(ValueError, match="no baseline row.*seed=1"):
+        stats.differences_to_baseline(rows[:1] + rows[2:], "x", ["seed"], {"method": "ppo"})
+    with pytest.raises(ValueError, match="several baseline rows"):
+        stats.differences_to_baseline(rows + rows[:1], "x", ["seed"], {"method": "ppo"})
+
+
+# ---------------------------------------------------------------- report
+
+
+def test_every_file_is_written(written):
+    out, paths = written
+    names = {path.name for path in paths}
+    for table in ("robustness", "price_of_robustness", "diagnostics"):
+        assert {f"{table}.md", f"{table}.csv", f"{table}.provenance.json"} <= names
+    for scenario in SCENARIOS:
+        assert {f"pareto_{scenario}.png", f"amplification_{scenario}.png"} <= names
+        assert {f"robustness_{scenario}_{a}_{m}.png" for a, m in ATTACKS} <= names
+    assert "index.md" in names
+    assert all(path.is_file() and path.parent == out for path in paths)
+    assert len(names) == len(paths) == 3 * 3 + 2 * (2 + len(ATTACKS)) + 1
+
+
+def test_eps_zero_column_equals_the_nominal_values(written):
+    out, _ = written
+    table = read(out, "robustness")
+    returns = table[(table.quantity == "return_per_agent") & (table.eps == 0)]
+    assert len(returns) == len(SCENARIOS) * len(CELLS) * len(ATTACKS)
+    for row in returns.itertuples():
+        expected = trim_mean([nominal(row.scenario, row.method, row.reg_coef, s) for s in SEEDS], 0.25)
+        assert row.iqm == pytest.approx(expected)
+    price = read(out, "price_of_robustness")
+    price = price[price.quantity == "nominal_return"].set_index(["scenario", "method", "reg_coef"]).iqm
+    system = returns[(returns.attack == "system") & (returns["mode"] == "shared")]
+    assert np.allclose(system.set_index(["scenario", "method", "reg_coef"]).iqm.sort_index(), price.sort_index())
+
+
+def test_iqm_matches_a_hand_computation_and_every_ci_contains_it(written):
+    out, _ = written
+    table = read(out, "robustness")
+    row = table[(table.scenario == "commons") & (table.method == "adv") & (table.attack == "random")
+                & (table["mode"] == "shared") & (table.eps == 0.2) & (table.quantity == "return_per_agent")]
+    values = [attacked("commons", "adv", 0.0, s, "random", 0.2) for s in SEEDS]
+    assert row.iqm.item() == pytest.approx(trim_mean(values, 0.25))
+    assert row.iqm.item() == pytest.approx(np.mean(sorted(values)[1:3]))
+    assert (row.n == len(SEEDS)).all()
+    ratio = table[(table.quantity == "ratio_to_reference")].iloc[0]
+    assert ratio.iqm == pytest.approx(trim_mean(
+        [attacked(ratio.scenario, ratio.method, ratio.reg_coef, s, ratio.attack, ratio.eps) / 30 for s in SEEDS], 0.25))
+    for name in ("robustness", "price_of_robustness", "diagnostics"):
+        table = read(out, name)
+        assert list(table.columns[-5:]) == ["quantity", "iqm", "ci_low", "ci_high", "n"]
+        assert ((table.ci_low <= table.iqm + 1e-12) & (table.iqm <= table.ci_high + 1e-12)).all(), name
+
+
+def test_price_of_robustness_is_paired_against_ppo(written):
+    out, _ = written
+    table = read(out, "price_of_robustness")
+    assert set(table.attack) == {"system"} and set(table["mode"]) == {"shared"}
+    price = table[table.quantity == "price_of_robustness"].set_index(["scenario", "method", "reg_coef"])
+    for scenario in SCENARIOS:
+        for cell, lost in ((("ppo", 0.0), 0.0), (("aajr", 0.1), 1.0), (("aajr", 1.0), 2.0), (("adv", 0.0), 0.5)):
+            row = price.loc[(scenario, *cell)]
+            assert row.iqm == row.ci_low == row.ci_high == lost  # the same difference for every seed
+    gain = table[(table.quantity == "robust_gain") & (table.method == "aajr") & (table.reg_coef == 0.1)]
+    for row in gain.itertuples():  # ppo - aajr per seed: (20 - 5) eps (1 + seed) - 1
+        expected = trim_mean([15.0 * row.eps * (1 + s) - 1.0 for s in SEEDS], 0.25)
+        assert row.iqm == pytest.approx(expected)
+    zero = table[(table.quantity == "robust_gain") & (table.method == "ppo")]
+    assert (zero[["iqm", "ci_low", "ci_high"]] == 0).all().all()
+
+
+def test_diagnostics_table(written):
+    out, _ = written
+    table = read(out, "diagnostics")
+    assert set(table.quantity) == set(report.DIAGNOSTICS)  # extra columns (global_norm_max) are ignored
+    jvp = table[(table.quantity == "jvp_norm_mean") & (table.scenario == "routing") & (table.method == "ppo")]
+    assert jvp.iqm.item() == pytest.approx(trim_mean([0.5 + s for s in SEEDS], 0.25))
+
+
+def test_markdown_shows_labels_directions_and_provenance(written):
+    out, _ = written
+    for path in out.glob("*.md"):
+        text = path.read_text()
+        assert COMMAND in text and "run.json" in text and "--reps 200" in text, path.name
+    robustness = (out / "robustness.md").read_text()
+    assert "aajr λ=0.1" in robustness and "aajr λ=1" in robustness and "| adv |" in robustness
+    assert "lower is better" in robustness and "higher is better" in robustness
+    index = (out / "index.md").read_text()
+    for name in ("robustness.md", "price_of_robustness.csv", "diagnostics.provenance.json",
+                 "pareto_routing.png", "amplification_commons.png", "robustness_commons_random_shared.png"):
+        assert f"({name})" in index
+
+
+def test_csv_sidecars_and_png_metadata_record_the_command(written):
+    out, paths = written
+    for name in ("robustness", "price_of_robustness", "diagnostics"):
+        sidecar = json.loads((out / f"{name}.provenance.json").read_text())
+        assert sidecar["command"] == COMMAND and sidecar["preset"] == "smoke" and sidecar["file"] == f"{name}.csv"
+    for path in (p for p in paths if p.suffix == ".png"):
+        with Image.open(path) as image:
+            assert image.text["Source"] == COMMAND and "run.json" in image.text["Comment"]
+
+
+def test_report_is_reproducible(tmp_path):
+    evals = [row for row in eval_rows() if row["scenario"] == "routing"]
+    diags = [row for row in diag_rows() if row["scenario"] == "routing"]
+    results = make_results(tmp_path / "results", evals, diags)
+    report.write_report(results, reps=50)
+    first = (results / "report" / "robustness.csv").read_text()
+    report.main([str(results), "--reps", "50"])
+    assert (results / "report" / "robustness.csv").read_text() == first
+
+
+@pytest.mark.parametrize("name, column", [("evaluations.csv", "return_per_agent"), ("diagnostics.csv", "budget")])
+def test_missing_column_is_named(tmp_path, name, column):
+    results = make_results(tmp_path)
+    frame = pd.read_csv(results / name).drop(columns=column)
+    frame.to_csv(results / name, index=False)
+    with pytest.raises(ValueError, match=f"{name}: missing column.*{column}"):
+        report.write_report(results, reps=REPS)
+
+
+def test_nan_value_is_named_with_its_cell(tmp_path):
+    evals = eval_rows()
+    evals[5]["ratio_to_reference"] = float("nan")
+    results = make_results(tmp_path, evals)
+    cell = "scenario=routing, method=ppo, reg_coef=0.0, seed=0, attack=system, mode=per_agent, eps=0.1"
+    with pytest.raises(ValueError, match=f"evaluations.csv: column 'ratio_to_reference' is missing, NaN.*{cell}"):
+        report.write_report(results, reps=REPS)
+    diags = diag_rows()
+    diags[0]["curvature_max"] = ""
+    results = make_results(tmp_path, None, diags)
+    with pytest.raises(ValueError, match="diagnostics.csv: column 'curvature_max'.*line 2 .scenario=routing"):
+        report.write_report(results, reps=REPS)
+
+
+def test_missing_baseline_and_missing_provenance_are_errors(tmp_path):
+    results = make_results(tmp_path, [row for row in eval_rows() if row["method"] != "ppo"])
+    with pytest.raises(ValueError, match="no baseline row .method=ppo."):
+        report.write_report(results, reps=REPS)
+    (results / "run.json").unlink()
+    with pytest.raises(FileNotFoundError, match="run.json"):
+        report.write_report(results, reps=REPS)
