@@ -1,5 +1,6 @@
-"""The benchmark grid: cells, resumability after a kill, Ray = local, evaluation rows and diagnostics."""
+"""The benchmark grid: cells, resumability after a kill, Ray = local, evaluation rows, diagnostics, report."""
 
+import csv
 import json
 import os
 import pathlib
@@ -14,6 +15,7 @@ import pytest
 
 from agents.config import ConfigError
 from robustness.evaluate import AttackGrid
+from robustness.report import write_report
 from robustness.runner import BenchmarkConfig, grid_cells, run_grid
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -57,6 +59,16 @@ def test_grid_results_hold_the_nominal_row_at_eps_zero_and_refuse_another_grid(t
     lines = (tmp_path / "evaluations.csv").read_text().splitlines()
     assert len(lines) == 1 + 3 * 5  # header + 3 cells x (none + 2 attacks x 2 eps)
     assert json.loads((tmp_path / "run.json").read_text())["command"] == "pytest"
+    paths = write_report(tmp_path, reps=200)
+    assert (tmp_path / "report" / "index.md") in paths and all(path.exists() for path in paths)
+    with (tmp_path / "report" / "robustness.csv").open() as f:
+        table = [row for row in csv.DictReader(f) if row["quantity"] == "return_per_agent"]
+    for row in table:  # one seed: the IQM is the value, its CI the point, and eps 0 the nominal return
+        assert float(row["ci_low"]) <= float(row["iqm"]) <= float(row["ci_high"])
+        if float(row["eps"]) == 0.0:
+            cell = results[f"routing-{row['method']}-lam{float(row['reg_coef']):g}-seed0.json"]
+            nominal = next(r for r in cell["evaluations"] if r["attack"] == "none")["return_per_agent"]
+            assert float(row["iqm"]) == pytest.approx(nominal, rel=1e-6)
     with pytest.raises(ConfigError, match="holds the results of another grid"):
         run_grid(BenchmarkConfig(scenarios=("routing",), methods=("ppo",), seeds=(5,)), tmp_path)
 
