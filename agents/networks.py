@@ -1,19 +1,35 @@
 """Per-agent networks held as stacked parameters and evaluated in one batched call.
 
 ``StackedMLP`` keeps the parameters of N MLPs stacked along a leading agent dimension
-(``torch.func.stack_module_state``) and evaluates all of them at once with ``torch.func.vmap`` over
-``functional_call``. Parameter sharing is the same code with a leading dimension of 1, expanded to N
-(one network; the agent's one-hot id is appended to its input so the network can still tell agents
-apart), so there is no second code path.
+(``torch.func.stack_module_state``) and evaluates all of them at once with batched matrix products
+(``baddbmm`` over the agent dimension). Parameter sharing is the same parameters with a leading
+dimension of 1 (one network; the agent's one-hot id is appended to its input so the network can still
+tell agents apart), evaluated as one ordinary dense network over all agents' rows.
+
+Each layer ``y = act(x W^T + b)`` is a ``torch.autograd.Function`` (``_Dense``) with its own backward
+and forward-mode (``jvp``) rule, so that Jacobian-vector products of the policy (``torch.func.jvp``,
+``regularizers.jvp``) cost what they must. PyTorch's own forward-mode rule for a matrix product,
+``d(x W^T) = dx W^T + x dW^T``, multiplies by a materialised zero ``dW`` when only the input carries a
+tangent, and reverse mode then differentiates that product too: about one wasted matrix product per
+layer forward and one backward. The rule here is
+
+    dy = act'(a) * (dx W^T)        (a = x W^T + b; act'(a) = 1 - y^2 for tanh, 1 for the output layer)
+
+(plus ``x dW^T + db`` when the parameters carry tangents), and the tangent of a tanh layer is itself a
+Function (``_TanhTangent``) whose backward is written out:
+
+    t = (1 - y^2) * q,  q = dx W^T:    dL/dq = (1 - y^2) * dL/dt,   dL/dy = -2 y q * dL/dt.
+
+All of these are ordinary PyTorch operations, so the layers work under ``torch.func`` transforms
+(``jvp``, ``vjp``, ``vmap``, ``jacrev``, ``jacfwd``), reverse-over-forward (the Jacobian penalties),
+double backward (Hessian-vector products) and on any device.
 """
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import nn
-from torch.func import functional_call, stack_module_state, vmap
+from torch.func import stack_module_state
 
 
 def mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int, out_gain: float = 1.0) -> nn.Sequential:
@@ -31,8 +47,137 @@ def mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int, out_gain: float = 1.
     return nn.Sequential(*layers)
 
 
+def _matmul_t(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``x W^T``: ``weight`` ``(out, in)`` with ``x`` ``(..., in)``, or ``(G, out, in)`` with ``x`` ``(G, R, in)``."""
+    return torch.matmul(x, weight.mT)
+
+
+def _affine(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``x W^T + b`` with the bias added by the matrix product (``baddbmm``/``addmm``) where it can be."""
+    if weight.dim() == 3:
+        return torch.baddbmm(bias, x, weight.mT)
+    if bias.dim() == 1:
+        return nn.functional.linear(x, weight, bias)
+    return _matmul_t(x, weight) + bias
+
+
+def _weight_grad(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``dL/dW = sum_rows grad^T x``, in the shape of ``weight``."""
+    if weight.dim() == 3:
+        return grad.mT @ x
+    return grad.reshape(-1, grad.shape[-1]).mT @ x.reshape(-1, x.shape[-1])
+
+
+class _Dense(torch.autograd.Function):
+    """``y = tanh(x W^T + b)`` (``tanh=True``) or ``y = x W^T + b``; ``bias`` may be None."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, weight, bias, tanh):
+        y = _matmul_t(x, weight) if bias is None else _affine(x, weight, bias)
+        return y.tanh_() if tanh else y
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, bias, tanh = inputs
+        y = output if tanh else None
+        ctx.save_for_backward(x, weight, y)
+        ctx.save_for_forward(x, weight, y)
+        ctx.bias_shape = None if bias is None else bias.shape
+        ctx.out_shape = output.shape
+        ctx.set_materialize_grads(False)  # undefined tangents stay None instead of zeros
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, y = ctx.saved_tensors
+        if grad is None:
+            return None, None, None, None
+        if y is not None:
+            grad = torch.ops.aten.tanh_backward(grad, y)
+        needs_x, needs_weight, needs_bias, _ = ctx.needs_input_grad
+        return (grad @ weight if needs_x else None,
+                _weight_grad(grad, x, weight) if needs_weight else None,
+                grad.sum_to_size(ctx.bias_shape) if needs_bias else None,
+                None)
+
+    @staticmethod
+    def jvp(ctx, x_t, weight_t, bias_t, _):
+        x, weight, y = ctx.saved_tensors
+        if weight_t is None and bias_t is None:  # a tangent in the input only: no product with dW = 0
+            if y is None:
+                return _Dense.apply(x_t, weight, None, False)
+            return _TanhTangent.apply(x_t, weight, y)[0]
+        q = x.new_zeros(ctx.out_shape)
+        if x_t is not None:
+            q = q + _matmul_t(x_t, weight)
+        if weight_t is not None:
+            q = q + _matmul_t(x, weight_t)
+        if bias_t is not None:
+            q = q + bias_t
+        return q if y is None else torch.ops.aten.tanh_backward(q, y)
+
+
+class _TanhTangent(torch.autograd.Function):
+    """``(t, q)``: the tangent ``t = (1 - y^2) * q`` of a tanh layer and ``q = x_t W^T``. ``q`` is an
+    output only so that the backward can use it as a saved output (double backward then differentiates
+    through it); callers use ``t``."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x_t, weight, y):
+        q = _matmul_t(x_t, weight)
+        return torch.ops.aten.tanh_backward(q, y), q
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x_t, weight, y = inputs
+        ctx.save_for_backward(x_t, weight, y, output[1])
+        ctx.save_for_forward(x_t, weight, y, output[1])
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx, grad, grad_q):
+        x_t, weight, y, q = ctx.saved_tensors
+        grad_y = None
+        if grad is not None:
+            if ctx.needs_input_grad[2]:
+                grad_y = (y * q * grad).mul_(-2.0)
+            grad = torch.ops.aten.tanh_backward(grad, y)
+            grad_q = grad if grad_q is None else grad + grad_q
+        if grad_q is None:
+            return None, None, None
+        needs_x, needs_weight, _ = ctx.needs_input_grad
+        return (grad_q @ weight if needs_x else None,
+                _weight_grad(grad_q, x_t, weight) if needs_weight else None,
+                grad_y)
+
+    @staticmethod
+    def jvp(ctx, x_t_dot, weight_dot, y_dot):
+        """Forward over forward: ``dq = dx_t W^T + x_t dW^T``, ``dt = (1 - y^2) dq - 2 y q dy``."""
+        x_t, weight, y, q = ctx.saved_tensors
+        q_dot = torch.zeros_like(q)
+        if x_t_dot is not None:
+            q_dot = q_dot + _matmul_t(x_t_dot, weight)
+        if weight_dot is not None:
+            q_dot = q_dot + _matmul_t(x_t, weight_dot)
+        t_dot = torch.ops.aten.tanh_backward(q_dot, y)
+        if y_dot is not None:
+            t_dot = t_dot - 2.0 * y * q * y_dot
+        return t_dot, q_dot
+
+
 class StackedMLP(nn.Module):
-    """N MLPs ``(B, N, in_dim) -> (B, N, out_dim)``, one per agent, or one shared by all agents.
+    """N MLPs ``(..., N, in_dim) -> (..., N, out_dim)``, one per agent, or one shared by all agents.
+
+    Parameters ``self.stacked[j]`` (names ``self.param_names[j]``: ``"0.weight"``, ``"0.bias"``,
+    ``"2.weight"``...) have a leading dimension G = N (one network per agent) or G = 1 (shared, or one
+    agent); they are read through ``self.stacked`` on every call, so parametrizations registered on its
+    entries (``regularizers.specnorm``) apply. With G = N the rows are laid out agent-major,
+    ``(N, R, features)``, and each layer is one ``baddbmm``; with G = 1 every agent's rows go through one
+    dense layer, the one-hot id's columns of the first weight acting as a per-agent bias:
+    ``[x, e_i] W^T + b = x W_x^T + (b + W_id[:, i])``.
 
     :param n_agents: number of agents N.
     :param in_dim: input features per agent (without the agent id).
@@ -52,20 +197,21 @@ class StackedMLP(nn.Module):
         stacked, _ = stack_module_state(nets)
         self.param_names = list(stacked)
         self.stacked = nn.ParameterList([nn.Parameter(stacked[name].detach().clone()) for name in self.param_names])
-        # A parameter-less template: functional_call supplies the (per-agent) parameters.
-        self._template = [copy.deepcopy(nets[0]).to("meta")]
-
-    def agent_parameters(self) -> dict[str, torch.Tensor]:
-        """Parameters with a leading agent dimension of N (a view when shared)."""
-        return {name: p.expand(self.n_agents, *p.shape[1:]) for name, p in zip(self.param_names, self.stacked)}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.share_parameters:
-            agent_id = torch.eye(self.n_agents, dtype=x.dtype, device=x.device)
-            x = torch.cat([x, agent_id.expand(*x.shape[:-2], -1, -1)], dim=-1)
-        template = self._template[0]
-
-        def one_agent(params: dict[str, torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
-            return functional_call(template, params, (inputs,))
-
-        return vmap(one_agent, in_dims=(0, -2), out_dims=-2)(self.agent_parameters(), x)
+        params = list(self.stacked)
+        weights, biases = params[0::2], params[1::2]
+        last = len(weights) - 1
+        n_agents, in_dim = x.shape[-2:]
+        if weights[0].shape[0] == 1:
+            h = x
+            for index, (weight, bias) in enumerate(zip(weights, biases)):
+                weight, bias = weight[0], bias[0]
+                if index == 0 and self.share_parameters:
+                    weight, bias = weight[:, :in_dim], bias + weight[:, in_dim:].T
+                h = _Dense.apply(h, weight, bias, index < last)
+            return h
+        h = x.reshape(-1, n_agents, in_dim).transpose(0, 1)
+        for index, (weight, bias) in enumerate(zip(weights, biases)):
+            h = _Dense.apply(h, weight, bias.unsqueeze(-2), index < last)
+        return h.transpose(0, 1).reshape(*x.shape[:-1], h.shape[-1])

@@ -4,6 +4,12 @@ For a deterministic action map ``pi: (B, N, D) -> (B, N, A)`` in which agent i's
 own observation only, the Jacobian of the whole map is block diagonal, so one JVP with a tangent
 ``u`` of shape ``(B, N, D)`` gives every agent's ``J_i(x) u_i`` at once. Points and directions with
 leading ``(K, M)`` dimensions are flattened into one call: no loop over steps, states or agents.
+
+Cost: the tangent doubles every matrix product, so a penalty's forward+backward takes about twice the
+products of one plain forward+backward of the policy on the same inputs, and that is what it does
+with ``agents.networks.StackedMLP``, whose layers carry their own forward-mode rule (PyTorch's rule for
+a matrix product adds a product with the weights' zero tangent, forward and backward).
+``bench/jvp.py`` measures the ratio.
 """
 
 from __future__ import annotations
