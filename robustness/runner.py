@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from agents.config import METHODS, ConfigError, parse_overrides, resolve
+from agents.config import METHODS, ConfigError, parse_overrides
 from envs.core import SCENARIOS
 from robustness.diagnostics import evaluation_states, theory_diagnostics
 from robustness.evaluate import AttackGrid, evaluate_under_attacks

@@ -1,6 +1,5 @@
 """PPO pieces against hand-computed cases; stacked networks against separate modules."""
 
-import copy
 
 import pytest
 import torch

@@ -1,7 +1,6 @@
 """train.py: determinism, resume, Ctrl-C, bad configs, and a subprocess smoke test."""
 
 import csv
-import os
 import pathlib
 import signal
 import subprocess
