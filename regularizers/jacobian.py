@@ -28,21 +28,27 @@ def batch_state(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {key[len("state/"):]: value for key, value in batch.items() if key.startswith("state/")}
 
 
-def aajr_trajectory(policy, batch: dict[str, torch.Tensor], scenario, eps: float, steps: int, norm: str = "l2",
-                    step_size: float | None = None):
-    """Per-agent PGA on the system loss at the minibatch states (in the scenario's dtype): the points
-    ``s + delta_t`` and the directions ``u_t`` of eq. 20, with the trajectory itself."""
+def per_agent_system_objective(policy, batch: dict[str, torch.Tensor], scenario):
+    """The minibatch observations in the scenario's dtype and ``g(delta)`` ``(M, N)``: the system
+    loss when agent i alone acts on its shocked observation (``envs.shocks.system_objective``)."""
     obs = batch["obs"].to(scenario.dtype)
     policy_dtype = policy.log_std.dtype
 
     def action_map(x: torch.Tensor) -> torch.Tensor:
         return policy.deterministic_action(x.to(policy_dtype)).to(x.dtype)
 
-    objective = system_objective(scenario, batch_state(batch), obs, action_map, "per_agent")
+    return obs, system_objective(scenario, batch_state(batch), obs, action_map, "per_agent")
+
+
+def aajr_trajectory(policy, batch: dict[str, torch.Tensor], scenario, eps: float, steps: int, norm: str = "l2",
+                    step_size: float | None = None):
+    """Per-agent PGA on the system loss at the minibatch states (in the scenario's dtype): the points
+    ``s + delta_t`` and the directions ``u_t`` of eq. 20, with the trajectory itself."""
+    obs, objective = per_agent_system_objective(policy, batch, scenario)
     trajectory = pga(objective, tuple(obs.shape), eps, norm, steps, step_size, scenario.shock_mask,
                      device=obs.device, dtype=scenario.dtype)
-    points = (obs.unsqueeze(0) + trajectory.deltas[:-1]).to(policy_dtype)
-    return points, trajectory.directions.to(policy_dtype), trajectory
+    points = (obs.unsqueeze(0) + trajectory.deltas[:-1]).to(policy.log_std.dtype)
+    return points, trajectory.directions.to(policy.log_std.dtype), trajectory
 
 
 def aajr_penalty(policy, batch: dict[str, torch.Tensor], scenario, eps: float, steps: int,

@@ -18,8 +18,7 @@ from __future__ import annotations
 import torch
 
 from envs.core import make_generator
-from envs.shocks import system_objective
-from regularizers.jacobian import aajr_trajectory
+from regularizers.jacobian import aajr_trajectory, per_agent_system_objective
 from regularizers.jvp import jvp_norms
 from regularizers.spectral import top_singular_directions
 
@@ -74,10 +73,7 @@ def theory_diagnostics(scenario, policy, batch: dict[str, torch.Tensor], eps: fl
     gamma = float(global_norm.median()) if budget is None else float(budget)
     directional_max = directional.amax(0)
     directional_only = (directional_max <= gamma) & (global_norm > gamma)
-    state = {key[len("state/"):]: value for key, value in batch.items() if key.startswith("state/")}
-    policy_dtype = policy.log_std.dtype
-    objective = system_objective(scenario, state, obs.to(scenario.dtype),
-                                 lambda x: policy.deterministic_action(x.to(policy_dtype)).to(x.dtype), "per_agent")
+    _, objective = per_agent_system_objective(policy, batch, scenario)
     curvature = curvature_along_steps(objective, trajectory.deltas)
     values = trajectory.values
     nonmonotone = (values[1:] < values[:-1] - 1e-12 * values[:-1].abs().clamp_min(1.0)).float()

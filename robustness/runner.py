@@ -16,12 +16,12 @@ import csv
 import dataclasses
 import json
 import multiprocessing
-import os
 import pathlib
 from typing import Any, Callable, Iterable
 
 import torch
 
+import train  # the run-directory layout, atomic writes and the training loop are train.py's
 from agents.config import METHODS, ConfigError, parse_overrides
 from envs.core import SCENARIOS
 from robustness.diagnostics import evaluation_states, theory_diagnostics
@@ -110,15 +110,8 @@ def grid_cells(config: BenchmarkConfig) -> list[Cell]:
     return cells
 
 
-def atomic_write_text(path: pathlib.Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def run_cell(cell: Cell, config: BenchmarkConfig, results_dir: pathlib.Path | str) -> dict[str, Any]:
     """Train (or resume), evaluate and diagnose one cell; writes and returns its result."""
-    import train  # the run-directory layout and training loop are train.py's
     from robustness.evaluate import load_trained
 
     torch.set_num_threads(1)
@@ -146,7 +139,8 @@ def run_cell(cell: Cell, config: BenchmarkConfig, results_dir: pathlib.Path | st
               "training": {"ratio_to_reference": summary["ratio_to_reference"],
                            "agent_steps": summary["agent_steps"]}}
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, json.dumps(result, indent=1))
+    text = json.dumps(result, indent=1)
+    train.atomic_write(out, lambda tmp: tmp.write_text(text))
     return result
 
 
@@ -205,7 +199,8 @@ def run_grid(config: BenchmarkConfig, results_dir: pathlib.Path, backend: str = 
         if previous["config"] != record["config"]:
             raise ConfigError(f"{results_dir} holds the results of another grid (see {run_file}); "
                               f"use another --out")
-    atomic_write_text(run_file, json.dumps(record, indent=1))
+    text = json.dumps(record, indent=1)
+    train.atomic_write(run_file, lambda tmp: tmp.write_text(text))
     cells = grid_cells(config)
     pending = [cell for cell in cells if not (results_dir / "cells" / f"{cell.name}.json").exists()]
     finished = len(cells) - len(pending)
@@ -236,9 +231,9 @@ def merge_results(results_dir: pathlib.Path, cells: Iterable[Cell]) -> None:
         evaluation_rows += [{**key, **row} for row in result["evaluations"]]
         diagnostic_rows.append({**key, **result["diagnostics"]})
     for name, rows in (("evaluations.csv", evaluation_rows), ("diagnostics.csv", diagnostic_rows)):
-        tmp = results_dir / f"{name}.tmp"
-        with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, results_dir / name)
+        def write_csv(tmp: pathlib.Path, rows: list[dict[str, Any]] = rows) -> None:
+            with tmp.open("w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
+        train.atomic_write(results_dir / name, write_csv)
