@@ -1,0 +1,492 @@
+"""stable-baselines3 bridge: SB3 PPO on the scenarios, the project's penalties in SB3's PPO loss, and SB3
+policies as victims of the shock wrapper and in the robustness evaluation.
+
+* ``make_sb3_env`` / ``SharedPolicyVecEnv``: B batched environments x N agents of a scenario as one SB3
+  ``VecEnv`` of ``B * N`` single-agent environments (index ``k = b * N + i``). One SB3 policy acts for
+  every agent on that agent's own observation (parameter sharing). It steps the batched torch simulator
+  directly, with no loop over environments or agents. SB3's Gaussian acts on the *pre-squash* action
+  ``u`` (a ``Box`` of half-width ``PRE_SQUASH_BOUND``, where the sigmoid is flat to 2e-9; SB3 needs
+  finite bounds) and the environment receives ``low + (high - low) * sigmoid(u)``: the
+  native learner's parameterisation, so the deterministic action map is smooth (no clipping kinks
+  under Jacobian penalties) and SB3 and ``agents.learner`` train the same policy class.
+* ``make_supersuit_vec_env``: the same parameter sharing built from the PettingZoo ``ParallelEnv`` with
+  SuperSuit (one environment at a time, much slower), made seedable; actions in the scenario's box,
+  clipped by SB3 as usual. The Gymnasium joint-control view (``gymnasium.make("envs:AAJR/Routing-v0")``,
+  one controller for all agents) works with SB3 as it is.
+* ``SB3Policy``: any SB3 Gaussian actor-critic policy trained on one of these views as a multi-agent
+  ``deterministic_action(obs (B, N, D)) -> (B, N, A)`` and ``value(obs) -> (B, N)``: what the shock
+  wrapper, the regularizers and ``robustness.evaluate.evaluate_under_attacks`` take.
+* ``RegularizedPPO``: SB3's ``PPO`` whose loss is SB3's PPO loss plus ``reg_coef * penalty``, the
+  penalty being one of ``regularizers.REGULARIZERS`` (the same code as the native learner) evaluated
+  on ``SB3Policy`` over a minibatch of joint transitions recorded during the rollout.
+* ``ppo_kwargs``: SB3 PPO arguments equal to a native ``PPOConfig`` (used by ``bench/sb3.py``).
+
+SB3's ``.zip`` format stores its own metadata with cloudpickle: load only files you trust (the network
+weights inside are read with ``torch.load(weights_only=True)``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from torch import nn
+
+try:
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.distributions import DiagGaussianDistribution
+    from stable_baselines3.common.policies import ActorCriticPolicy
+    from stable_baselines3.common.utils import LinearSchedule, explained_variance
+    from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper, VecMonitor
+except ImportError as error:  # pragma: no cover - depends on the installed extras
+    raise ImportError("agents.sb3 needs stable-baselines3: pip install -c constraints.txt -e '.[sb3]'") from error
+
+from agents.config import DEFAULT_REG_COEF
+from agents.ppo import PPOConfig
+from envs.core import Scenario, check_choice, check_positive_int, check_real
+from envs.vector import TorchVectorEnv
+from regularizers import REGULARIZERS, RegularizerSettings, make_regularizer
+
+PRE_SQUASH_BOUND = 20.0
+
+
+def pre_squash_space(action_dim: int) -> spaces.Box:
+    """The action space SB3 sees on a ``SharedPolicyVecEnv``: pre-squash actions in ``[-20, 20]^A``."""
+    return spaces.Box(-PRE_SQUASH_BOUND, PRE_SQUASH_BOUND, shape=(action_dim,), dtype=np.float32)
+
+
+# ----- environments --------------------------------------------------------------------------------
+
+
+class SharedPolicyVecEnv(VecEnv):
+    """``num_envs`` batched environments of a scenario, each agent an SB3 environment (see module doc).
+
+    :param scenario: scenario name (then ``scenario_kwargs`` configure it) or a built ``Scenario``.
+    :param num_envs: B, environments simulated as one batch; SB3 sees ``B * N`` environments.
+    :param seed: seed of the first reset (SB3's ``model.set_random_seed``/``PPO(seed=...)`` reseeds).
+    :param reward_scale: the agents' rewards are multiplied by this (``PPOConfig.reward_scale``).
+    :param device: torch device of the simulation; SB3 gets numpy arrays.
+
+    All environments reach the horizon together; the step that ends an episode returns the first
+    observations of the next one, with ``terminal_observation`` and ``TimeLimit.truncated`` in the
+    infos (SB3 bootstraps the truncated episodes from it). Every info holds the step's ``system_loss``.
+    """
+
+    def __init__(self, scenario: str | Scenario, num_envs: int = 16, seed: int | None = None,
+                 reward_scale: float = 1.0, device: torch.device | str = "cpu", **scenario_kwargs: Any) -> None:
+        self.vec = TorchVectorEnv(scenario, num_envs=num_envs, device=device, seed=seed, auto_reset=True,
+                                  **scenario_kwargs)
+        self.scenario = self.vec.scenario
+        self.n_agents = self.scenario.n_agents
+        self.reward_scale = check_real("reward_scale", reward_scale, 0.0, low_open=True)
+        self.render_mode = None
+        obs_space, action_space = self.scenario.spaces()
+        super().__init__(num_envs * self.n_agents, obs_space, pre_squash_space(self.scenario.action_dim))
+        self._obs: torch.Tensor | None = None
+        self._actions: np.ndarray | None = None
+        self._recording: list[tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]] | None = None
+
+    def squash(self, pre_actions: torch.Tensor) -> torch.Tensor:
+        """Environment actions ``low + (high - low) * sigmoid(u)``."""
+        low, high = self.scenario.action_low, self.scenario.action_high
+        return low + (high - low) * torch.sigmoid(pre_actions)
+
+    def _flat(self, obs: torch.Tensor) -> np.ndarray:
+        return obs.detach().cpu().numpy().reshape(self.num_envs, -1).astype(np.float32)
+
+    def reset(self) -> np.ndarray:
+        seed = self._seeds[0]  # one generator drives the whole batch
+        self._obs = self.vec.reset(seed=seed)
+        self._reset_seeds()
+        self._reset_options()
+        return self._flat(self._obs)
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self._actions = np.asarray(actions)
+
+    def step_wait(self):
+        if self._obs is None:
+            raise RuntimeError("step() called before reset()")
+        expected = (self.num_envs, *self.action_space.shape)
+        if self._actions is None or self._actions.shape != expected:
+            got = None if self._actions is None else self._actions.shape
+            raise ValueError(f"actions must have shape {expected} (num_envs * n_agents, action_dim), got {got}")
+        scenario = self.scenario
+        pre_actions = torch.as_tensor(self._actions, dtype=scenario.dtype, device=self.vec.device)
+        actions = self.squash(pre_actions.reshape(self.vec.num_envs, self.n_agents, -1))
+        if self._recording is not None:
+            self._recording.append((self.vec.state, self._obs.float(), actions))
+        result = self.vec.step(actions)
+        self._obs = result.obs
+        rewards = (result.rewards.reshape(-1) * self.reward_scale).detach().cpu().numpy().astype(np.float32)
+        dones = np.repeat(result.truncated.detach().cpu().numpy(), self.n_agents)
+        losses = np.repeat(result.system_loss.detach().cpu().numpy(), self.n_agents)
+        infos: list[dict[str, Any]] = [{"system_loss": float(loss)} for loss in losses]
+        if "final_obs" in result.info:
+            final = self._flat(result.info["final_obs"])
+            for k in np.flatnonzero(dones):
+                infos[k]["terminal_observation"] = final[k]
+                infos[k]["TimeLimit.truncated"] = True
+        return self._flat(result.obs), rewards, dones, infos
+
+    # Recording of joint transitions, for the penalties of ``RegularizedPPO``.
+
+    def start_recording(self) -> None:
+        """Record ``(state, observations (B, N, D), environment actions (B, N, A))`` before each step."""
+        self._recording = []
+
+    def stop_recording(self) -> dict[str, torch.Tensor]:
+        """The recorded steps as a batch of ``T * B`` joint transitions: ``obs``, ``actions`` and the
+        scenario state under ``state/<key>`` (the layout the regularizers read)."""
+        steps, self._recording = self._recording or [], None
+        if not steps:
+            return {}
+        states, obs, actions = zip(*steps)
+        batch = {"obs": torch.stack(obs).flatten(0, 1), "actions": torch.stack(actions).flatten(0, 1)}
+        for key in states[0]:
+            batch[f"state/{key}"] = torch.stack([state[key] for state in states]).flatten(0, 1)
+        return batch
+
+    # The rest of SB3's VecEnv interface: one batched simulator, the same attributes for every index.
+
+    def close(self) -> None:
+        pass
+
+    def get_attr(self, attr_name: str, indices=None) -> list[Any]:
+        return [getattr(self, attr_name)] * len(list(self._get_indices(indices)))
+
+    def set_attr(self, attr_name: str, value: Any, indices=None) -> None:
+        setattr(self, attr_name, value)
+
+    def env_method(self, method_name: str, *method_args, indices=None, **method_kwargs) -> list[Any]:
+        raise NotImplementedError(f"env_method({method_name!r}): the {self.num_envs} environments are one batched "
+                                  f"simulator; use .vec (envs.TorchVectorEnv) or .scenario")
+
+    def env_is_wrapped(self, wrapper_class, indices=None) -> list[bool]:
+        return [False] * len(list(self._get_indices(indices)))
+
+    def get_images(self):
+        return [None] * self.num_envs
+
+
+def make_sb3_env(scenario: str, num_envs: int = 16, seed: int | None = None, reward_scale: float = 1.0,
+                 **scenario_kwargs: Any) -> VecMonitor:
+    """``SharedPolicyVecEnv`` under SB3's ``VecMonitor`` (episode returns per agent in SB3's logs)."""
+    return VecMonitor(SharedPolicyVecEnv(scenario, num_envs, seed=seed, reward_scale=reward_scale,
+                                         **scenario_kwargs))
+
+
+class SeedableSuperSuitVecEnv(VecEnvWrapper):
+    """SuperSuit's SB3 vector env (``concat_vec_envs_v1(..., base_class="stable_baselines3")``) made
+    seedable: ``seed()`` (what ``PPO(seed=...)`` calls) is kept for the next reset, which goes to the
+    concatenated PettingZoo environments' own ``reset(seed=...)`` (SuperSuit's wrapper has no ``seed``,
+    and its ``reset(seed=...)`` calls it)."""
+
+    def __init__(self, venv) -> None:
+        self._next_seed: int | None = None
+        super().__init__(venv)
+
+    def get_attr(self, attr_name: str, indices=None) -> list[Any]:
+        if attr_name == "render_mode":  # SuperSuit's wrapper holds it, its environments do not
+            return [self.venv.render_mode] * len(list(self._get_indices(indices)))
+        return self.venv.get_attr(attr_name, indices)
+
+    def seed(self, seed: int | None = None) -> list[int | None]:
+        self._next_seed = seed
+        return [seed] * self.num_envs
+
+    def reset(self) -> np.ndarray:
+        seed, self._next_seed = self._next_seed, None
+        observations, self.venv.reset_infos = self.venv.venv.reset(seed=seed)
+        return observations
+
+    def step_wait(self):
+        return self.venv.step_wait()
+
+
+def make_supersuit_vec_env(scenario: str, num_copies: int = 1, **env_kwargs: Any) -> VecMonitor:
+    """Parameter-sharing SB3 ``VecEnv`` from the PettingZoo ``ParallelEnv`` through SuperSuit
+    (``pettingzoo_env_to_vec_env_v1`` + ``concat_vec_envs_v1``), seedable, under ``VecMonitor``."""
+    try:
+        import supersuit
+    except ImportError as error:
+        raise ImportError("make_supersuit_vec_env needs supersuit: pip install -c constraints.txt -e '.[sb3]'") \
+            from error
+    from envs.pettingzoo_env import make_parallel_env
+
+    check_positive_int("num_copies", num_copies)
+    vec = supersuit.pettingzoo_env_to_vec_env_v1(make_parallel_env(scenario, **env_kwargs))
+    vec = supersuit.concat_vec_envs_v1(vec, num_copies, num_cpus=0, base_class="stable_baselines3")
+    return VecMonitor(SeedableSuperSuitVecEnv(vec))
+
+
+# ----- policies -------------------------------------------------------------------------------------
+
+
+def _base_env(env):
+    """The innermost SB3 vector env under any ``VecEnvWrapper``s."""
+    while isinstance(env, VecEnvWrapper):
+        env = env.venv
+    return env
+
+
+class SB3Policy(nn.Module):
+    """An SB3 Gaussian actor-critic policy as a multi-agent policy on ``(B, N, D)`` observations.
+
+    :param policy: an SB3 ``ActorCriticPolicy`` or a model holding one (``PPO``, ``RegularizedPPO``...).
+    :param scenario: the scenario it acts in.
+
+    The view is read from the policy's spaces: observations ``(D,)`` mean one policy shared by the agents
+    (``SharedPolicyVecEnv``, SuperSuit), ``(N * D,)`` the Gymnasium joint-control view. The action map is
+    what the environment receives from the Gaussian's mean: squashed into the scenario's box when the
+    policy's action space is ``pre_squash_space`` (``SharedPolicyVecEnv``), else clipped to the action
+    space as SB3 does. Jacobian penalties need the shared view (agent i's action depends on its own observation only).
+    """
+
+    def __init__(self, policy, scenario: Scenario) -> None:
+        super().__init__()
+        policy = getattr(policy, "policy", policy)
+        if not isinstance(policy, ActorCriticPolicy) or not isinstance(policy.action_dist, DiagGaussianDistribution):
+            raise ValueError(f"SB3Policy needs an SB3 ActorCriticPolicy with a Gaussian (non-gSDE) action "
+                             f"distribution on a Box, got {type(policy).__name__}")
+        self.policy = policy
+        n, d, a = scenario.n_agents, scenario.obs_dim, scenario.action_dim
+        obs_shape, action_shape = policy.observation_space.shape, policy.action_space.shape
+        if obs_shape == (d,) and action_shape == (a,):
+            self.joint = False
+        elif obs_shape == (n * d,) and action_shape == (n * a,):
+            self.joint = True
+        else:
+            raise ValueError(f"the SB3 policy's spaces (observations {obs_shape}, actions {action_shape}) fit "
+                             f"neither the shared view ({(d,)}, {(a,)}) nor the joint view ({(n * d,)}, "
+                             f"{(n * a,)}) of {scenario.name} with {n} agents")
+        self.n_agents, self.obs_dim = n, d
+        space = policy.action_space
+        self.squashed = not self.joint and space == pre_squash_space(a)
+        if self.squashed:
+            low, high = scenario.action_low, scenario.action_high
+        else:
+            low, high = torch.as_tensor(space.low), torch.as_tensor(space.high)
+        self.register_buffer("action_low", low.detach().clone().float())
+        self.register_buffer("action_high", high.detach().clone().float())
+
+    @property
+    def log_std(self) -> torch.Tensor:
+        return self.policy.log_std
+
+    def _inputs(self, obs: torch.Tensor) -> torch.Tensor:
+        width = self.n_agents * self.obs_dim if self.joint else self.obs_dim
+        return obs.reshape(-1, width).to(self.policy.log_std.dtype)
+
+    def action_mean(self, obs: torch.Tensor) -> torch.Tensor:
+        """The Gaussian's mean, ``(B, N, A)`` (pre-squash in the shared view with an unbounded space)."""
+        policy = self.policy
+        # SB3's preprocessing of a flat Box observation is a cast to float32; skipping it keeps the
+        # policy's dtype (float64 policies in the tests).
+        features = policy.pi_features_extractor(self._inputs(obs))
+        mean = policy.action_net(policy.mlp_extractor.forward_actor(features))
+        return mean.reshape(*obs.shape[:-1], -1)
+
+    def deterministic_action(self, obs: torch.Tensor) -> torch.Tensor:
+        """The action the environment receives from the mean, ``(B, N, D) -> (B, N, A)``."""
+        mean = self.action_mean(obs)
+        if self.squashed:
+            return self.action_low + (self.action_high - self.action_low) * torch.sigmoid(mean)
+        if self.joint:
+            mean = mean.reshape(*obs.shape[:-2], -1)
+            mean = torch.minimum(torch.maximum(mean, self.action_low), self.action_high)
+            return mean.reshape(*obs.shape[:-1], -1)
+        return torch.minimum(torch.maximum(mean, self.action_low), self.action_high)
+
+    def value(self, obs: torch.Tensor) -> torch.Tensor:
+        """State values ``(B, N)`` (the joint critic's value repeated for every agent)."""
+        policy = self.policy
+        values = policy.value_net(policy.mlp_extractor.forward_critic(policy.vf_features_extractor(self._inputs(obs))))
+        if self.joint:
+            return values.reshape(*obs.shape[:-2], 1).expand(*obs.shape[:-1])
+        return values.reshape(*obs.shape[:-1])
+
+
+# ----- PPO with the project's penalties -------------------------------------------------------------
+
+
+def ppo_kwargs(cfg: PPOConfig, n_agents: int) -> dict[str, Any]:
+    """SB3 ``PPO`` arguments equal to a native ``PPOConfig`` on ``SharedPolicyVecEnv(num_envs=cfg.num_envs)``.
+
+    Same rollout length, minibatch count, epochs, learning rate (annealed linearly to 0), discount,
+    GAE, clip ranges, loss weights (SB3's value loss has no factor 1/2, so ``vf_coef`` is halved),
+    gradient clip, tanh MLP sizes and initial log-std. What differs is SB3's own: one network shared
+    by the agents without an agent id, no observation normalisation, a value loss on the clipped value
+    only (the native learner takes the max with the unclipped one).
+    """
+    batch = cfg.rollout_steps * cfg.num_envs * n_agents
+    hidden = list(cfg.hidden)
+    return {
+        "n_steps": cfg.rollout_steps,
+        "batch_size": max(batch // cfg.num_minibatches, 2),
+        "n_epochs": cfg.update_epochs,
+        "learning_rate": LinearSchedule(cfg.learning_rate, 0.0, 1.0) if cfg.anneal_lr else cfg.learning_rate,
+        "gamma": cfg.gamma,
+        "gae_lambda": cfg.gae_lambda,
+        "clip_range": cfg.clip_coef,
+        "clip_range_vf": cfg.clip_coef if cfg.clip_value_loss else None,
+        "ent_coef": cfg.ent_coef,
+        "vf_coef": cfg.vf_coef / 2,
+        "max_grad_norm": cfg.max_grad_norm,
+        "normalize_advantage": cfg.normalise_advantages,
+        "policy_kwargs": {"net_arch": {"pi": hidden, "vf": hidden}, "activation_fn": nn.Tanh,
+                          "log_std_init": cfg.init_log_std},
+    }
+
+
+class RegularizedPPO(PPO):
+    """SB3 PPO whose loss adds a project penalty: ``loss = L_PPO + reg_coef * penalty(SB3Policy, batch)``.
+
+    :param policy: SB3 policy (``"MlpPolicy"``).
+    :param env: a ``SharedPolicyVecEnv`` (``make_sb3_env``), possibly under SB3 wrappers; the penalties
+        need the scenario state of every step, which it records during the rollout.
+    :param regularizer: one of ``regularizers.REGULARIZERS`` (``aajr``, ``jacobian``, ``spectral``,
+        ``smooth``), or None for SB3's plain PPO loss.
+    :param reg_coef: lambda; the penalty is computed and logged (``train/penalty``, ``reg/...``) even at 0.
+    :param reg_settings: ``RegularizerSettings`` fields (eps, steps, norm, budget, power_iterations).
+    :param kwargs: SB3 ``PPO`` arguments.
+
+    ``L_PPO`` is SB3's PPO loss, computed as ``PPO.train`` computes it (with ``regularizer=None`` and the
+    same seed this class trains bit for bit as SB3's ``PPO``). For each SB3 minibatch of agent samples the
+    penalty is evaluated on ``max(1, batch_size // N)`` joint transitions (all N agents of an environment
+    at one step) drawn without replacement from the rollout, by a generator seeded from ``seed``.
+    """
+
+    def __init__(self, policy, env, regularizer: str | None = "aajr", reg_coef: float = DEFAULT_REG_COEF,
+                 reg_settings: dict[str, Any] | RegularizerSettings | None = None, _init_setup_model: bool = True,
+                 **kwargs: Any) -> None:
+        if regularizer is not None:
+            check_choice("regularizer", regularizer, tuple(REGULARIZERS))
+        if isinstance(reg_settings, RegularizerSettings):
+            reg_settings = dataclasses.asdict(reg_settings)
+        RegularizerSettings(**(reg_settings or {}))  # validates
+        self.regularizer = regularizer
+        self.reg_coef = check_real("reg_coef", reg_coef, 0.0)
+        self.reg_settings = dict(reg_settings or {})
+        super().__init__(policy, env, _init_setup_model=False, **kwargs)
+        if regularizer is not None and env is not None and _init_setup_model:
+            self._scenario()  # fail early on an environment without joint transitions
+        if _init_setup_model:
+            self._setup_model()
+
+    def _setup_model(self) -> None:
+        super()._setup_model()
+        seed = self.seed if self.seed is not None else int(torch.randint(2 ** 31, ()).item())
+        self.penalty_generator = torch.Generator().manual_seed(seed + 5)
+        self._penalty_fn = None
+        self._joint_rollout: dict[str, torch.Tensor] = {}
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "penalty_generator", "_penalty_fn", "_joint_rollout"]
+
+    def _scenario(self) -> Scenario:
+        env = _base_env(self.env)
+        if not isinstance(env, SharedPolicyVecEnv):
+            raise ValueError(f"regularizer {self.regularizer!r} needs the joint transitions of a SharedPolicyVecEnv "
+                             f"(agents.sb3.make_sb3_env), got {type(env).__name__}")
+        return env.scenario
+
+    def penalty(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """The penalty of the policy on a batch of joint transitions (``obs``, ``actions``, ``state/<key>``)."""
+        if self.regularizer is None:
+            raise ValueError("this model has no regularizer (regularizer=None)")
+        if self._penalty_fn is None:
+            scenario = self._scenario()
+            self._penalty_fn = (make_regularizer(self.regularizer, scenario, RegularizerSettings(**self.reg_settings)),
+                                SB3Policy(self.policy, scenario))
+        penalty_fn, view = self._penalty_fn
+        return penalty_fn(view, batch, self.penalty_generator)
+
+    def collect_rollouts(self, env, callback, rollout_buffer, n_rollout_steps: int) -> bool:
+        if self.regularizer is None:
+            return super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
+        recorder = _base_env(env)
+        if not isinstance(recorder, SharedPolicyVecEnv):
+            self._scenario()  # raises the clear error
+        recorder.start_recording()
+        try:
+            return super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
+        finally:
+            self._joint_rollout = recorder.stop_recording()
+
+    def _joint_minibatch(self) -> dict[str, torch.Tensor]:
+        size = next(iter(self._joint_rollout.values())).shape[0]
+        count = min(size, max(1, self.batch_size // self._scenario().n_agents))
+        index = torch.randperm(size, generator=self.penalty_generator)[:count]
+        return {key: value[index] for key, value in self._joint_rollout.items()}
+
+    def _ppo_loss(self, data, clip_range: float, clip_range_vf: float | None):
+        """SB3's PPO loss of a minibatch (as ``PPO.train`` computes it) and its statistics."""
+        values, log_prob, entropy = self.policy.evaluate_actions(data.observations, data.actions)
+        values = values.flatten()
+        advantages = data.advantages
+        if self.normalize_advantage and len(advantages) > 1:
+            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        ratio = torch.exp(log_prob - data.old_log_prob)
+        surrogate = torch.min(advantages * ratio, advantages * torch.clamp(ratio, 1 - clip_range, 1 + clip_range))
+        policy_loss = -surrogate.mean()
+        if clip_range_vf is not None:
+            values = data.old_values + torch.clamp(values - data.old_values, -clip_range_vf, clip_range_vf)
+        value_loss = nn.functional.mse_loss(data.returns, values)
+        entropy_loss = -torch.mean(-log_prob) if entropy is None else -torch.mean(entropy)
+        loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
+        with torch.no_grad():
+            log_ratio = log_prob - data.old_log_prob
+            stats = {"policy_gradient_loss": policy_loss.item(), "value_loss": value_loss.item(),
+                     "entropy_loss": entropy_loss.item(),
+                     "clip_fraction": torch.mean((torch.abs(ratio - 1) > clip_range).float()).item(),
+                     "approx_kl": torch.mean((torch.exp(log_ratio) - 1) - log_ratio).cpu().numpy()}
+        return loss, stats
+
+    def train(self) -> None:
+        """PPO epochs over the rollout buffer with ``loss = L_PPO + reg_coef * penalty``."""
+        self.policy.set_training_mode(True)
+        self._update_learning_rate(self.policy.optimizer)
+        clip_range = self.clip_range(self._current_progress_remaining)
+        clip_range_vf = None if self.clip_range_vf is None else self.clip_range_vf(self._current_progress_remaining)
+        logs: dict[str, list[float]] = {}
+        stop = False
+        for epoch in range(self.n_epochs):
+            kls = []
+            for data in self.rollout_buffer.get(self.batch_size):
+                loss, stats = self._ppo_loss(data, clip_range, clip_range_vf)
+                kls.append(stats.pop("approx_kl"))
+                for key, value in stats.items():
+                    logs.setdefault(key, []).append(value)
+                if self.target_kl is not None and kls[-1] > 1.5 * self.target_kl:
+                    stop = True
+                    if self.verbose >= 1:
+                        print(f"Early stopping at step {epoch} due to reaching max kl: {kls[-1]:.2f}")
+                    break
+                if self.regularizer is not None:
+                    penalty, diagnostics = self.penalty(self._joint_minibatch())
+                    loss = loss + self.reg_coef * penalty
+                    for key, value in {"penalty": penalty.item(), **diagnostics}.items():
+                        logs.setdefault(key, []).append(value)
+                self.policy.optimizer.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+                self.policy.optimizer.step()
+            self._n_updates += 1
+            if stop:
+                break
+        for key, values in logs.items():
+            self.logger.record(key if key.startswith("reg/") else f"train/{key}", float(np.mean(values)))
+        self.logger.record("train/approx_kl", float(np.mean(kls)))
+        self.logger.record("train/loss", loss.item())
+        self.logger.record("train/explained_variance", explained_variance(self.rollout_buffer.values.flatten(),
+                                                                          self.rollout_buffer.returns.flatten()))
+        if hasattr(self.policy, "log_std"):
+            self.logger.record("train/std", torch.exp(self.policy.log_std).mean().item())
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        self.logger.record("train/clip_range", clip_range)
+        if clip_range_vf is not None:
+            self.logger.record("train/clip_range_vf", clip_range_vf)

@@ -1,0 +1,283 @@
+"""stable-baselines3 bridge: environments, the SB3 policy view, RegularizedPPO (agents/sb3.py)."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("stable_baselines3")
+pytest.importorskip("supersuit")
+
+from stable_baselines3 import PPO  # noqa: E402
+from stable_baselines3.common.callbacks import BaseCallback  # noqa: E402
+from stable_baselines3.common.env_util import make_vec_env  # noqa: E402
+
+import envs  # noqa: E402,F401  (registers the Gymnasium ids)
+from agents.policy import MultiAgentActorCritic  # noqa: E402
+from agents.ppo import PPOConfig  # noqa: E402
+from agents.sb3 import (RegularizedPPO, SB3Policy, SharedPolicyVecEnv, make_sb3_env,  # noqa: E402
+                        make_supersuit_vec_env, ppo_kwargs)
+from envs.shock_wrapper import ShockConfig, ShockedVectorEnv  # noqa: E402
+from envs.vector import TorchVectorEnv  # noqa: E402
+from regularizers import REGULARIZERS, RegularizerSettings, make_regularizer  # noqa: E402
+from robustness.evaluate import AttackGrid, evaluate_under_attacks  # noqa: E402
+
+ROUTING = {"n_agents": 2, "n_paths": 3, "horizon": 10}
+SMALL = PPOConfig(num_envs=8, rollout_steps=10, update_epochs=2)
+
+
+def small_model(regularizer="aajr", seed=0, dtype=torch.float32, **kwargs):
+    env = make_sb3_env("routing", SMALL.num_envs, dtype=dtype, **ROUTING)
+    return RegularizedPPO("MlpPolicy", env, regularizer=regularizer, seed=seed, **{**ppo_kwargs(SMALL, 2), **kwargs})
+
+
+def joint_batch(env: SharedPolicyVecEnv, steps: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Joint transitions recorded while the SB3 env is stepped with random pre-squash actions."""
+    generator = np.random.default_rng(seed)
+    env.seed(seed)
+    env.reset()
+    env.start_recording()
+    for _ in range(steps):
+        env.step(generator.normal(size=(env.num_envs, *env.action_space.shape)).astype(np.float32))
+    return env.stop_recording()
+
+
+def same_parameters(a, b) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.policy.state_dict().values(), b.policy.state_dict().values()))
+
+
+# ----- environments --------------------------------------------------------------------------------
+
+
+def test_shared_vec_env_lays_out_agents_of_the_batched_simulator():
+    env = SharedPolicyVecEnv("routing", num_envs=3, seed=7, reward_scale=2.0, **ROUTING)
+    reference = TorchVectorEnv("routing", num_envs=3, seed=7, **ROUTING)
+    assert env.num_envs == 6 and env.observation_space.shape == (reference.scenario.obs_dim,)
+    obs = env.reset()
+    torch.testing.assert_close(torch.as_tensor(obs), reference.reset().reshape(6, -1).float())
+    pre_actions = np.random.default_rng(0).normal(size=(6, 3)).astype(np.float32)
+    actions = env.squash(torch.as_tensor(pre_actions, dtype=torch.float32).reshape(3, 2, 3))
+    for t in range(ROUTING["horizon"]):
+        obs, rewards, dones, infos = env.step(pre_actions)
+        expected = reference.step(actions)
+        torch.testing.assert_close(torch.as_tensor(rewards), (expected.rewards.reshape(-1) * 2.0).float())
+        assert infos[5]["system_loss"] == pytest.approx(float(expected.system_loss[2]))
+        last = t == ROUTING["horizon"] - 1
+        assert dones.tolist() == [last] * 6
+        if last:
+            final = expected.info["final_obs"].reshape(6, -1).numpy()
+            assert all(info["TimeLimit.truncated"] for info in infos)
+            np.testing.assert_array_equal(np.stack([info["terminal_observation"] for info in infos]), final)
+        torch.testing.assert_close(torch.as_tensor(obs), expected.obs.reshape(6, -1).float())
+
+
+def test_bad_actions_are_refused_with_the_expected_shape():
+    env = SharedPolicyVecEnv("routing", num_envs=2, seed=0, **ROUTING)
+    env.reset()
+    with pytest.raises(ValueError, match=r"actions must have shape \(4, 3\)"):
+        env.step(np.zeros((4, 2), dtype=np.float32))
+    with pytest.raises(ValueError, match="finite"):
+        env.step(np.full((4, 3), np.nan, dtype=np.float32))
+
+
+def test_supersuit_env_is_seedable_and_matches_the_batched_env():
+    supersuit_env = make_supersuit_vec_env("routing", **ROUTING)
+    shared_env = make_sb3_env("routing", num_envs=1, **ROUTING)
+    for env in (supersuit_env, shared_env):
+        env.seed(3)
+    np.testing.assert_array_equal(supersuit_env.reset(), shared_env.reset())
+    models = []
+    for _ in range(2):  # SB3 seeds torch's global generator: build and train one model after the other
+        models.append(PPO("MlpPolicy", make_supersuit_vec_env("routing", 2, **ROUTING), seed=1, n_steps=10,
+                          batch_size=20, n_epochs=1))
+        models[-1].learn(80)
+    assert same_parameters(*models)
+
+
+def test_sb3_trains_on_the_gymnasium_joint_view_and_acts_through_the_policy_view():
+    env = make_vec_env("envs:AAJR/Routing-v0", n_envs=2, seed=0, env_kwargs={**ROUTING, "render_mode": None})
+    model = PPO("MlpPolicy", env, seed=0, n_steps=10, batch_size=10, n_epochs=1)
+    model.learn(40)
+    scenario = env.get_attr("scenario")[0]
+    view = SB3Policy(model, scenario)
+    assert view.joint and not view.squashed
+    obs = env.reset()
+    expected, _ = model.predict(obs, deterministic=True)
+    with torch.no_grad():
+        actions = view.deterministic_action(torch.as_tensor(obs).reshape(2, 2, -1))
+    np.testing.assert_allclose(actions.reshape(2, -1).numpy(), expected, rtol=1e-6)
+    assert view.value(torch.as_tensor(obs).reshape(2, 2, -1)).shape == (2, 2)
+
+
+def test_policy_view_of_the_shared_env_equals_squashed_sb3_predictions():
+    model = small_model(regularizer=None)
+    env = model.get_env()
+    obs = env.reset()
+    pre_actions, _ = model.predict(obs, deterministic=True)
+    base = env.venv
+    view = SB3Policy(model, base.scenario)
+    assert not view.joint and view.squashed
+    with torch.no_grad():
+        actions = view.deterministic_action(torch.as_tensor(obs).reshape(SMALL.num_envs, 2, -1))
+        expected = base.squash(torch.as_tensor(pre_actions)).reshape(SMALL.num_envs, 2, -1)
+    torch.testing.assert_close(actions, expected)
+
+
+def test_policy_view_refuses_a_policy_of_another_scenario():
+    model = small_model(regularizer=None)
+    commons = envs.make_scenario("commons", n_agents=2, n_resources=2)
+    with pytest.raises(ValueError, match="neither the shared view"):
+        SB3Policy(model, commons)
+
+
+# ----- the penalty equals the native regularizer's --------------------------------------------------
+
+
+def native_copy(model, scenario) -> MultiAgentActorCritic:
+    """A native shared-parameter policy with the SB3 actor's weights (agent-id inputs weighted 0)."""
+    policy = model.policy
+    native = MultiAgentActorCritic(scenario.n_agents, scenario.obs_dim, scenario.action_low, scenario.action_high,
+                                   hidden=(64, 64), share_parameters=True, normalise_obs=False).double()
+    layers = {"0": policy.mlp_extractor.policy_net[0], "2": policy.mlp_extractor.policy_net[2],
+              "4": policy.action_net}
+    with torch.no_grad():
+        for name, parameter in zip(native.actor.param_names, native.actor.stacked):
+            layer_name, kind = name.split(".")
+            source = getattr(layers[layer_name], kind)
+            parameter.zero_()
+            parameter[0, ..., :source.shape[-1]] = source
+    return native
+
+
+@pytest.mark.parametrize("name", sorted(REGULARIZERS))
+def test_sb3_penalty_equals_the_native_regularizer_on_the_same_weights_and_batch(name):
+    settings = {"eps": 0.2, "steps": 3, "power_iterations": 4}
+    model = small_model(regularizer=name, reg_settings=settings, dtype=torch.float64)
+    model.policy.double()
+    with torch.no_grad():  # a policy that reacts to its inputs (SB3 initialises the action layer at gain 0.01)
+        model.policy.action_net.weight.mul_(50.0)
+    env = model.get_env().venv
+    batch = joint_batch(env)
+    batch["obs"] = batch["obs"].double()
+    native = native_copy(model, env.scenario)
+    native_penalty = make_regularizer(name, env.scenario, RegularizerSettings(**settings))
+
+    model.penalty_generator.manual_seed(11)
+    value, diagnostics = model.penalty(batch)
+    value.backward()
+    expected, expected_diagnostics = native_penalty(native, batch, torch.Generator().manual_seed(11))
+    expected.backward()
+
+    assert float(value.detach()) > 1e-6
+    torch.testing.assert_close(value, expected, rtol=1e-9, atol=0)
+    assert diagnostics == pytest.approx(expected_diagnostics, rel=1e-9)
+    sb3_layers = [model.policy.mlp_extractor.policy_net[0], model.policy.mlp_extractor.policy_net[2],
+                  model.policy.action_net]
+    native_grads = [p.grad[0] for p in native.actor.stacked]
+    for layer, (weight_grad, bias_grad) in zip(sb3_layers, zip(native_grads[::2], native_grads[1::2])):
+        torch.testing.assert_close(layer.weight.grad, weight_grad[..., :layer.weight.shape[-1]], rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(layer.bias.grad, bias_grad, rtol=1e-9, atol=1e-12)
+
+
+# ----- training, saving, loading --------------------------------------------------------------------
+
+
+def test_without_penalty_weight_regularized_ppo_trains_bit_for_bit_as_sb3_ppo():
+    reference = PPO("MlpPolicy", make_sb3_env("routing", SMALL.num_envs, **ROUTING), seed=0, **ppo_kwargs(SMALL, 2))
+    reference.learn(480)
+    for regularizer, kwargs in ((None, {}), ("aajr", {"reg_coef": 0.0})):
+        model = small_model(regularizer=regularizer, **kwargs)
+        model.learn(480)
+        assert same_parameters(model, reference), regularizer
+    penalised = small_model(reg_coef=1.0)
+    penalised.learn(480)
+    assert not same_parameters(penalised, reference)
+
+
+def test_aajr_model_save_and_load_round_trips(tmp_path):
+    model = small_model(reg_coef=0.5, reg_settings={"eps": 0.15, "steps": 2})
+    model.learn(320)
+    path = tmp_path / "aajr.zip"
+    model.save(path)
+    env = make_sb3_env("routing", SMALL.num_envs, **ROUTING)
+    loaded = RegularizedPPO.load(path, env=env)
+    assert (loaded.regularizer, loaded.reg_coef, loaded.reg_settings) == ("aajr", 0.5, {"eps": 0.15, "steps": 2})
+    assert same_parameters(loaded, model)
+    batch = joint_batch(env.venv)
+    for m in (model, loaded):
+        m.penalty_generator.manual_seed(0)
+    torch.testing.assert_close(loaded.penalty(batch)[0], model.penalty(batch)[0], rtol=0, atol=0)
+    obs = env.reset()
+    np.testing.assert_array_equal(loaded.predict(obs, deterministic=True)[0], model.predict(obs, deterministic=True)[0])
+    loaded.learn(160, reset_num_timesteps=False)  # training goes on from the loaded model
+    assert loaded.num_timesteps == model.num_timesteps + 160
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match="unknown regularizer 'jacobi'"):
+        small_model(regularizer="jacobi")
+    with pytest.raises(ValueError, match="reg_coef"):
+        small_model(reg_coef=-1.0)
+    with pytest.raises(ValueError, match="eps"):
+        small_model(reg_settings={"eps": 0.0})
+    with pytest.raises(ValueError, match="needs the joint transitions of a SharedPolicyVecEnv"):
+        RegularizedPPO("MlpPolicy", make_supersuit_vec_env("routing", **ROUTING), n_steps=10, batch_size=20)
+
+
+# ----- SB3 models as victims ------------------------------------------------------------------------
+
+
+def test_sb3_policy_is_a_victim_of_the_shock_wrapper_and_of_the_robustness_evaluation():
+    model = small_model(regularizer=None)
+    with torch.no_grad():
+        model.policy.action_net.weight.mul_(50.0)
+    scenario = model.get_env().venv.scenario
+    view = SB3Policy(model, scenario)
+    env = TorchVectorEnv(scenario, num_envs=16, auto_reset=False)
+    shocked = ShockedVectorEnv(env, lambda obs: view.deterministic_action(obs.float()).to(obs.dtype),
+                               ShockConfig(eps=0.3, steps=5, prob=1.0), seed=0)
+    obs = shocked.reset(seed=0)
+    with torch.no_grad():
+        result = shocked.step(view.deterministic_action(obs.float()).to(scenario.dtype))
+    assert float(result.info["shock/gain"].mean()) > 0
+    rows = evaluate_under_attacks(scenario, view, AttackGrid(attacks=("system", "value"), modes=("shared",),
+                                                            eps=(0.3,), steps=5, episodes=16))
+    losses = {(row["attack"], row["eps"]): row["system_loss"] for row in rows}
+    assert losses[("system", 0.3)] > losses[("none", 0.0)]
+    assert np.isfinite(losses[("value", 0.3)])
+
+
+class PenaltyLog(BaseCallback):
+    """The mean ||J u|| logged by each training phase (read when the next rollout starts)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norms: list[float] = []
+
+    def _on_rollout_start(self) -> None:
+        if "reg/jvp_norm_mean" in self.model.logger.name_to_value:
+            self.norms.append(self.model.logger.name_to_value["reg/jvp_norm_mean"])
+
+    def _on_step(self) -> bool:
+        return True
+
+
+@pytest.mark.slow
+def test_aajr_lowers_the_directional_jacobian_of_sb3_ppo():
+    """Same seed, 40 iterations, lambda 0 vs 100 (SB3's small initial action layer keeps ||J u|| near
+    0.01 here, so lambda must be large for the penalty to weigh): the logged ||J u|| falls by > 30%."""
+    norms = {}
+    for reg_coef in (0.0, 100.0):
+        log = PenaltyLog()
+        small_model(reg_coef=reg_coef).learn(40 * 160, callback=log)
+        norms[reg_coef] = float(np.mean(log.norms[-5:]))
+    assert norms[100.0] < 0.7 * norms[0.0], norms
+
+
+def test_ppo_kwargs_follow_the_native_config():
+    cfg = dataclasses.replace(SMALL, learning_rate=1e-3, num_minibatches=2, clip_value_loss=False, vf_coef=0.4)
+    kwargs = ppo_kwargs(cfg, n_agents=4)
+    assert kwargs["batch_size"] == 10 * 8 * 4 // 2 and kwargs["n_steps"] == 10
+    assert kwargs["learning_rate"](1.0) == pytest.approx(1e-3) and kwargs["learning_rate"](0.25) == pytest.approx(2.5e-4)
+    assert kwargs["clip_range_vf"] is None and kwargs["vf_coef"] == pytest.approx(0.2)
