@@ -281,3 +281,19 @@ def test_ppo_kwargs_follow_the_native_config():
     assert kwargs["batch_size"] == 10 * 8 * 4 // 2 and kwargs["n_steps"] == 10
     assert kwargs["learning_rate"](1.0) == pytest.approx(1e-3) and kwargs["learning_rate"](0.25) == pytest.approx(2.5e-4)
     assert kwargs["clip_range_vf"] is None and kwargs["vf_coef"] == pytest.approx(0.2)
+
+
+@pytest.mark.slow
+def test_the_readme_example_runs(tmp_path):
+    """examples/sb3_routing.py (the README's example) end to end on a small budget, saving the models."""
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    completed = subprocess.run(
+        [sys.executable, str(root / "examples" / "sb3_routing.py"), "--seeds", "0", "--agent-steps", "12800", "--eps", "0.1",
+         "--save", str(tmp_path)], capture_output=True, text=True, timeout=600, cwd=root)
+    assert completed.returncode == 0, completed.stderr
+    assert "| 0.1 |" in completed.stdout and "| eps | ppo | ppo+aajr |" in completed.stdout
+    assert RegularizedPPO.load(tmp_path / "ppo+aajr-seed0.zip").regularizer == "aajr"
