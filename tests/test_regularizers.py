@@ -164,7 +164,7 @@ def test_zero_objective_gradient_gives_a_finite_penalty():
     scenario, state, policy, batch = tiny_setup(3)
     batch = {**batch, "state/demand": torch.zeros_like(batch["state/demand"])}  # no traffic: loss 0
     penalty, _ = aajr_penalty(policy, batch, scenario, eps=0.1, steps=2)
-    assert torch.isfinite(penalty) and float(penalty) == 0.0
+    assert torch.isfinite(penalty) and float(penalty.detach()) == 0.0
     params = list(policy.actor.parameters())
     assert all(g is None or torch.isfinite(g).all() for g in torch.autograd.grad(penalty, params, allow_unused=True))
 
