@@ -28,6 +28,7 @@ weights inside are read with ``torch.load(weights_only=True)``).
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any
 
 import numpy as np
@@ -41,12 +42,14 @@ try:
     from stable_baselines3.common.policies import ActorCriticPolicy
     from stable_baselines3.common.utils import LinearSchedule, explained_variance
     from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper, VecMonitor
-except ImportError as error:  # pragma: no cover - depends on the installed extras
+except ModuleNotFoundError as error:  # pragma: no cover - depends on the installed extras
+    if error.name != "stable_baselines3":
+        raise
     raise ImportError("agents.sb3 needs stable-baselines3: pip install -c constraints.txt -e '.[sb3]'") from error
 
 from agents.config import DEFAULT_REG_COEF
 from agents.ppo import PPOConfig
-from envs.core import Scenario, check_choice, check_positive_int, check_real
+from envs.core import Scenario, check_choice, check_positive_int, check_real, make_generator
 from envs.vector import TorchVectorEnv
 from regularizers import REGULARIZERS, RegularizerSettings, make_regularizer
 
@@ -180,10 +183,11 @@ def make_sb3_env(scenario: str, num_envs: int = 16, seed: int | None = None, rew
 
 
 class SeedableSuperSuitVecEnv(VecEnvWrapper):
-    """SuperSuit's SB3 vector env (``concat_vec_envs_v1(..., base_class="stable_baselines3")``) made
-    seedable: ``seed()`` (what ``PPO(seed=...)`` calls) is kept for the next reset, which goes to the
-    concatenated PettingZoo environments' own ``reset(seed=...)`` (SuperSuit's wrapper has no ``seed``,
-    and its ``reset(seed=...)`` calls it)."""
+    """SuperSuit's SB3 vector env (``concat_vec_envs_v1(..., base_class="stable_baselines3")``) of a
+    scenario made seedable: ``seed()`` (what ``PPO(seed=...)`` calls) is kept for the next reset, which
+    goes to the concatenated PettingZoo environments' own ``reset(seed=...)`` (SuperSuit's wrapper has
+    no ``seed``, and its ``reset(seed=...)`` calls it). SuperSuit reports every episode end as a plain
+    ``done``; the scenarios only truncate, so each one is marked ``TimeLimit.truncated``."""
 
     def __init__(self, venv) -> None:
         self._next_seed: int | None = None
@@ -204,7 +208,10 @@ class SeedableSuperSuitVecEnv(VecEnvWrapper):
         return observations
 
     def step_wait(self):
-        return self.venv.step_wait()
+        observations, rewards, dones, infos = self.venv.step_wait()
+        for k in np.flatnonzero(dones):  # the scenarios' episodes end by truncation only: SB3 bootstraps them
+            infos[k]["TimeLimit.truncated"] = True
+        return observations, rewards, dones, infos
 
 
 def make_supersuit_vec_env(scenario: str, num_copies: int = 1, **env_kwargs: Any) -> VecMonitor:
@@ -226,11 +233,21 @@ def make_supersuit_vec_env(scenario: str, num_copies: int = 1, **env_kwargs: Any
 # ----- policies -------------------------------------------------------------------------------------
 
 
-def _base_env(env):
-    """The innermost SB3 vector env under any ``VecEnvWrapper``s."""
-    while isinstance(env, VecEnvWrapper):
-        env = env.venv
-    return env
+def shared_env(env) -> SharedPolicyVecEnv:
+    """The ``SharedPolicyVecEnv`` under ``env``, whose wrappers must leave observations and actions as
+    they are (the penalties read the recorded scenario observations, not what a wrapper made of them)."""
+    wrappers, node = [], env
+    while isinstance(node, VecEnvWrapper):
+        wrappers.append(node)
+        node = node.venv
+    if not isinstance(node, SharedPolicyVecEnv):
+        raise ValueError(f"the penalties need the joint transitions of a SharedPolicyVecEnv (agents.sb3.make_sb3_env), "
+                         f"got {type(node).__name__}")
+    for wrapper in wrappers:
+        if not isinstance(wrapper, VecMonitor):
+            raise ValueError(f"the penalties need the SharedPolicyVecEnv's own observations, but the environment is "
+                             f"wrapped in {type(wrapper).__name__}; allowed wrappers: VecMonitor")
+    return node
 
 
 class SB3Policy(nn.Module):
@@ -239,11 +256,14 @@ class SB3Policy(nn.Module):
     :param policy: an SB3 ``ActorCriticPolicy`` or a model holding one (``PPO``, ``RegularizedPPO``...).
     :param scenario: the scenario it acts in.
 
-    The view is read from the policy's spaces: observations ``(D,)`` mean one policy shared by the agents
-    (``SharedPolicyVecEnv``, SuperSuit), ``(N * D,)`` the Gymnasium joint-control view. The action map is
-    what the environment receives from the Gaussian's mean: squashed into the scenario's box when the
-    policy's action space is ``pre_squash_space`` (``SharedPolicyVecEnv``), else clipped to the action
-    space as SB3 does. Jacobian penalties need the shared view (agent i's action depends on its own observation only).
+    The view is read from the policy's spaces: observations ``(D,)`` mean one policy shared by the
+    agents (``SharedPolicyVecEnv``, SuperSuit), ``(N * D,)`` the Gymnasium joint-control view. The
+    action map is what the environment receives from the Gaussian's mean: squashed into the scenario's
+    box when the policy's action space is ``pre_squash_space`` (``SharedPolicyVecEnv``), else clipped to
+    the action space as SB3 does. Observations go in and actions come out on the observations' device,
+    whatever the SB3 policy's device; they must be what the policy was trained on, the scenario's own (a
+    model trained under ``VecNormalize`` would need its normalisation here too). Jacobian penalties need
+    the shared view (agent i's action depends on its own observation only).
     """
 
     def __init__(self, policy, scenario: Scenario) -> None:
@@ -270,41 +290,43 @@ class SB3Policy(nn.Module):
             low, high = scenario.action_low, scenario.action_high
         else:
             low, high = torch.as_tensor(space.low), torch.as_tensor(space.high)
-        self.register_buffer("action_low", low.detach().clone().float())
-        self.register_buffer("action_high", high.detach().clone().float())
+        self.action_low = low.detach().clone().float()  # on the observations' device (see deterministic_action)
+        self.action_high = high.detach().clone().float()
 
     @property
     def log_std(self) -> torch.Tensor:
         return self.policy.log_std
 
     def _inputs(self, obs: torch.Tensor) -> torch.Tensor:
+        """Observations as the SB3 network's rows, on its device and in its dtype."""
         width = self.n_agents * self.obs_dim if self.joint else self.obs_dim
-        return obs.reshape(-1, width).to(self.policy.log_std.dtype)
+        return obs.reshape(-1, width).to(self.policy.device, self.policy.log_std.dtype)
 
     def action_mean(self, obs: torch.Tensor) -> torch.Tensor:
-        """The Gaussian's mean, ``(B, N, A)`` (pre-squash in the shared view with an unbounded space)."""
+        """The Gaussian's mean, ``(B, N, A)`` (the pre-squash action when ``squashed``)."""
         policy = self.policy
         # SB3's preprocessing of a flat Box observation is a cast to float32; skipping it keeps the
         # policy's dtype (float64 policies in the tests).
         features = policy.pi_features_extractor(self._inputs(obs))
         mean = policy.action_net(policy.mlp_extractor.forward_actor(features))
-        return mean.reshape(*obs.shape[:-1], -1)
+        return mean.to(obs.device).reshape(*obs.shape[:-1], -1)
 
     def deterministic_action(self, obs: torch.Tensor) -> torch.Tensor:
         """The action the environment receives from the mean, ``(B, N, D) -> (B, N, A)``."""
         mean = self.action_mean(obs)
+        low, high = self.action_low.to(mean.device, mean.dtype), self.action_high.to(mean.device, mean.dtype)
         if self.squashed:
-            return self.action_low + (self.action_high - self.action_low) * torch.sigmoid(mean)
+            return low + (high - low) * torch.sigmoid(mean)
         if self.joint:
             mean = mean.reshape(*obs.shape[:-2], -1)
-            mean = torch.minimum(torch.maximum(mean, self.action_low), self.action_high)
-            return mean.reshape(*obs.shape[:-1], -1)
-        return torch.minimum(torch.maximum(mean, self.action_low), self.action_high)
+            return torch.minimum(torch.maximum(mean, low), high).reshape(*obs.shape[:-1], -1)
+        return torch.minimum(torch.maximum(mean, low), high)
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         """State values ``(B, N)`` (the joint critic's value repeated for every agent)."""
         policy = self.policy
         values = policy.value_net(policy.mlp_extractor.forward_critic(policy.vf_features_extractor(self._inputs(obs))))
+        values = values.to(obs.device)
         if self.joint:
             return values.reshape(*obs.shape[:-2], 1).expand(*obs.shape[:-1])
         return values.reshape(*obs.shape[:-1])
@@ -346,18 +368,21 @@ class RegularizedPPO(PPO):
     """SB3 PPO whose loss adds a project penalty: ``loss = L_PPO + reg_coef * penalty(SB3Policy, batch)``.
 
     :param policy: SB3 policy (``"MlpPolicy"``).
-    :param env: a ``SharedPolicyVecEnv`` (``make_sb3_env``), possibly under SB3 wrappers; the penalties
-        need the scenario state of every step, which it records during the rollout.
+    :param env: a ``SharedPolicyVecEnv`` (``make_sb3_env``), possibly under ``VecMonitor``; the penalties
+        need the scenario state of every step, which it records during the rollout, and its own
+        observations (wrappers that change them, such as ``VecNormalize``, are refused).
     :param regularizer: one of ``regularizers.REGULARIZERS`` (``aajr``, ``jacobian``, ``spectral``,
         ``smooth``), or None for SB3's plain PPO loss.
     :param reg_coef: lambda; the penalty is computed and logged (``train/penalty``, ``reg/...``) even at 0.
     :param reg_settings: ``RegularizerSettings`` fields (eps, steps, norm, budget, power_iterations).
     :param kwargs: SB3 ``PPO`` arguments.
 
-    ``L_PPO`` is SB3's PPO loss, computed as ``PPO.train`` computes it (with ``regularizer=None`` and the
-    same seed this class trains bit for bit as SB3's ``PPO``). For each SB3 minibatch of agent samples the
-    penalty is evaluated on ``max(1, batch_size // N)`` joint transitions (all N agents of an environment
-    at one step) drawn without replacement from the rollout, by a generator seeded from ``seed``.
+    ``L_PPO`` is SB3's PPO loss, computed as ``PPO.train`` computes it (with ``reg_coef=0`` and the same
+    seed this class trains bit for bit as SB3's ``PPO``; ``regularizer=None`` runs ``PPO.train``
+    itself). For each SB3 minibatch of agent samples the penalty is evaluated on
+    ``max(1, batch_size // N)`` joint transitions (all N agents of an environment at one step) drawn without replacement from
+    the rollout, by a generator seeded from ``seed`` (saved with the model, so that training resumes its
+    draws).
     """
 
     def __init__(self, policy, env, regularizer: str | None = "aajr", reg_coef: float = DEFAULT_REG_COEF,
@@ -371,35 +396,49 @@ class RegularizedPPO(PPO):
         self.regularizer = regularizer
         self.reg_coef = check_real("reg_coef", reg_coef, 0.0)
         self.reg_settings = dict(reg_settings or {})
+        self.penalty_generator_state: list[int] | None = None  # saved with the model (see save)
         super().__init__(policy, env, _init_setup_model=False, **kwargs)
         if regularizer is not None and env is not None and _init_setup_model:
-            self._scenario()  # fail early on an environment without joint transitions
+            shared_env(self.env)  # fail early on an environment without joint transitions
         if _init_setup_model:
             self._setup_model()
 
     def _setup_model(self) -> None:
         super()._setup_model()
-        seed = self.seed if self.seed is not None else int(torch.randint(2 ** 31, ()).item())
-        self.penalty_generator = torch.Generator().manual_seed(seed + 5)
+        device = "cpu"
+        if self.regularizer is not None and self.env is not None:
+            device = shared_env(self.env).scenario.device
+        seed = self.seed if self.seed is not None else int(np.random.randint(2 ** 31))
+        self.penalty_generator = make_generator(seed + 5, device)
+        if self.penalty_generator_state is not None:  # a loaded model goes on with its draws
+            try:
+                self.penalty_generator.set_state(torch.tensor(self.penalty_generator_state, dtype=torch.uint8))
+            except RuntimeError:
+                warnings.warn(f"the saved penalty generator state does not fit a generator on {device}; "
+                              f"it starts again from seed {seed} + 5")
         self._penalty_fn = None
         self._joint_rollout: dict[str, torch.Tensor] = {}
 
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "penalty_generator", "_penalty_fn", "_joint_rollout"]
 
-    def _scenario(self) -> Scenario:
-        env = _base_env(self.env)
-        if not isinstance(env, SharedPolicyVecEnv):
-            raise ValueError(f"regularizer {self.regularizer!r} needs the joint transitions of a SharedPolicyVecEnv "
-                             f"(agents.sb3.make_sb3_env), got {type(env).__name__}")
-        return env.scenario
+    def save(self, path, exclude=None, include=None) -> None:
+        """SB3's ``save``, with the penalty generator's state (so that training resumes its draws)."""
+        self.penalty_generator_state = self.penalty_generator.get_state().tolist()
+        super().save(path, exclude, include)
+
+    def set_env(self, env, force_reset: bool = True) -> None:
+        if self.regularizer is not None:
+            shared_env(env)  # refused before anything changes
+        super().set_env(env, force_reset)
+        self._penalty_fn = None  # built again for the new environment's scenario
 
     def penalty(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         """The penalty of the policy on a batch of joint transitions (``obs``, ``actions``, ``state/<key>``)."""
         if self.regularizer is None:
             raise ValueError("this model has no regularizer (regularizer=None)")
         if self._penalty_fn is None:
-            scenario = self._scenario()
+            scenario = shared_env(self.env).scenario
             self._penalty_fn = (make_regularizer(self.regularizer, scenario, RegularizerSettings(**self.reg_settings)),
                                 SB3Policy(self.policy, scenario))
         penalty_fn, view = self._penalty_fn
@@ -408,9 +447,7 @@ class RegularizedPPO(PPO):
     def collect_rollouts(self, env, callback, rollout_buffer, n_rollout_steps: int) -> bool:
         if self.regularizer is None:
             return super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
-        recorder = _base_env(env)
-        if not isinstance(recorder, SharedPolicyVecEnv):
-            self._scenario()  # raises the clear error
+        recorder = shared_env(env)
         recorder.start_recording()
         try:
             return super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
@@ -419,8 +456,9 @@ class RegularizedPPO(PPO):
 
     def _joint_minibatch(self) -> dict[str, torch.Tensor]:
         size = next(iter(self._joint_rollout.values())).shape[0]
-        count = min(size, max(1, self.batch_size // self._scenario().n_agents))
-        index = torch.randperm(size, generator=self.penalty_generator)[:count]
+        count = min(size, max(1, self.batch_size // shared_env(self.env).n_agents))
+        generator = self.penalty_generator
+        index = torch.randperm(size, generator=generator, device=generator.device)[:count]
         return {key: value[index] for key, value in self._joint_rollout.items()}
 
     def _ppo_loss(self, data, clip_range: float, clip_range_vf: float | None):
@@ -447,7 +485,12 @@ class RegularizedPPO(PPO):
         return loss, stats
 
     def train(self) -> None:
-        """PPO epochs over the rollout buffer with ``loss = L_PPO + reg_coef * penalty``."""
+        """PPO epochs over the rollout buffer with ``loss = L_PPO + reg_coef * penalty`` (SB3's own
+        ``PPO.train`` without a regularizer)."""
+        if self.regularizer is None:
+            return super().train()
+        if not self._joint_rollout:
+            raise RuntimeError("no joint transitions recorded: train() runs after collect_rollouts() (use learn())")
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
         clip_range = self.clip_range(self._current_progress_remaining)
@@ -466,11 +509,10 @@ class RegularizedPPO(PPO):
                     if self.verbose >= 1:
                         print(f"Early stopping at step {epoch} due to reaching max kl: {kls[-1]:.2f}")
                     break
-                if self.regularizer is not None:
-                    penalty, diagnostics = self.penalty(self._joint_minibatch())
-                    loss = loss + self.reg_coef * penalty
-                    for key, value in {"penalty": penalty.item(), **diagnostics}.items():
-                        logs.setdefault(key, []).append(value)
+                penalty, diagnostics = self.penalty(self._joint_minibatch())
+                loss = loss + self.reg_coef * penalty
+                for key, value in {"penalty": penalty.item(), **diagnostics}.items():
+                    logs.setdefault(key, []).append(value)
                 self.policy.optimizer.zero_grad()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)

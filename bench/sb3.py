@@ -4,17 +4,17 @@ For each scenario (the ``small`` configs of ``configs/``) and seed, trains
 
 * ``native``: ``agents.learner.PPOLearner`` as ``train.py`` builds it (method ``ppo``);
 * ``sb3``: SB3's ``PPO`` on ``agents.sb3.make_sb3_env`` (the batched parameter-sharing env) with
-  ``agents.sb3.ppo_kwargs`` of the same ``PPOConfig`` (``--sb3-env supersuit``: on the PettingZoo
-  env through SuperSuit instead);
+  ``agents.sb3.ppo_kwargs`` of the same ``PPOConfig``;
+* ``sb3-supersuit``: the same on the PettingZoo env through SuperSuit (``make_supersuit_vec_env``);
 
 for the same number of agent-steps, one torch thread per run, and evaluates each deterministic policy
 with ``agents.evaluate.evaluate_against_references`` on the same held-out episodes. Prints one
 Markdown table: ratio to the reference optimum, IQM [95% CI] over seeds (``robustness.stats``),
-training wall-clock per run, and the speed ratio sb3 / native. "native as good" is ``yes`` when the
-native IQM is no worse than the unfavourable end of SB3's CI (its upper bound for a cost ratio, its
-lower bound for a fraction of the optimum).
+training wall-clock per run, and each SB3 variant's wall-clock over the native one's. "native as
+good" is ``yes`` when the native IQM is no worse than the unfavourable end of that SB3 variant's CI
+(its upper bound for a cost ratio, its lower bound for a fraction of the optimum).
 
-    python bench/sb3.py                                   # routing + commons, seeds 0-4, 100k agent-steps
+    python bench/sb3.py                                   # routing + commons, seeds 0-4, 200k agent-steps
     python bench/sb3.py --scenarios routing --seeds 0 1 --agent-steps 20000 --jobs 2
 """
 

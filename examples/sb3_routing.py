@@ -5,10 +5,10 @@
 
 Trains stable-baselines3's ``PPO`` and ``agents.sb3.RegularizedPPO`` (the same PPO with the AAJR penalty
 in its loss) on the routing scenario's default config (4 agents, 4 paths, 50 steps; the PPO settings of
-``configs/routing.yaml`` through ``agents.sb3.ppo_kwargs``) with the same seeds, then evaluates each deterministic policy under shared-state PGA attacks on the system
-loss (``robustness.evaluate``: K = 10 steps, l2 ball of radius eps, every step of 64 held-out episodes)
-and prints the total travel time per step relative to the system optimum (1 is optimal, lower is better),
-the mean over seeds.
+``configs/routing.yaml`` through ``agents.sb3.ppo_kwargs``) with the same seeds, then evaluates each
+deterministic policy under shared-state PGA attacks on the system loss (``robustness.evaluate``: K = 10
+steps, l2 ball of radius eps, every step of 64 held-out episodes) and prints the total travel time per
+step relative to the system optimum (1 is optimal, lower is better), the mean over seeds.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ CONFIG = resolve({"scenario": "routing"})  # configs/routing.yaml, default size:
 def train(regularized: bool, seed: int, agent_steps: int, reg_coef: float):
     """SB3 PPO (or RegularizedPPO with AAJR) trained for ``agent_steps`` on the routing scenario."""
     env = make_sb3_env("routing", CONFIG.ppo.num_envs, reward_scale=CONFIG.ppo.reward_scale, **CONFIG.env)
-    kwargs = ppo_kwargs(CONFIG.ppo, CONFIG.env["n_agents"])
+    kwargs = {**ppo_kwargs(CONFIG.ppo, CONFIG.env["n_agents"]), "device": "cpu"}  # SB3 runs MLPs best on CPU
     if regularized:
         model = RegularizedPPO("MlpPolicy", env, regularizer="aajr", reg_coef=reg_coef,
                                reg_settings={"eps": 0.1, "steps": 3}, seed=seed, **kwargs)

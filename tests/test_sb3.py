@@ -12,6 +12,7 @@ pytest.importorskip("supersuit")
 from stable_baselines3 import PPO  # noqa: E402
 from stable_baselines3.common.callbacks import BaseCallback  # noqa: E402
 from stable_baselines3.common.env_util import make_vec_env  # noqa: E402
+from stable_baselines3.common.vec_env import VecNormalize  # noqa: E402
 
 import envs  # noqa: E402,F401  (registers the Gymnasium ids)
 from agents.policy import MultiAgentActorCritic  # noqa: E402
@@ -29,7 +30,8 @@ SMALL = PPOConfig(num_envs=8, rollout_steps=10, update_epochs=2)
 
 def small_model(regularizer="aajr", seed=0, dtype=torch.float32, **kwargs):
     env = make_sb3_env("routing", SMALL.num_envs, dtype=dtype, **ROUTING)
-    return RegularizedPPO("MlpPolicy", env, regularizer=regularizer, seed=seed, **{**ppo_kwargs(SMALL, 2), **kwargs})
+    return RegularizedPPO("MlpPolicy", env, regularizer=regularizer, seed=seed, device="cpu",
+                          **{**ppo_kwargs(SMALL, 2), **kwargs})
 
 
 def joint_batch(env: SharedPolicyVecEnv, steps: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -90,14 +92,14 @@ def test_supersuit_env_is_seedable_and_matches_the_batched_env():
     models = []
     for _ in range(2):  # SB3 seeds torch's global generator: build and train one model after the other
         models.append(PPO("MlpPolicy", make_supersuit_vec_env("routing", 2, **ROUTING), seed=1, n_steps=10,
-                          batch_size=20, n_epochs=1))
+                          batch_size=20, n_epochs=1, device="cpu"))
         models[-1].learn(80)
     assert same_parameters(*models)
 
 
 def test_sb3_trains_on_the_gymnasium_joint_view_and_acts_through_the_policy_view():
     env = make_vec_env("envs:AAJR/Routing-v0", n_envs=2, seed=0, env_kwargs={**ROUTING, "render_mode": None})
-    model = PPO("MlpPolicy", env, seed=0, n_steps=10, batch_size=10, n_epochs=1)
+    model = PPO("MlpPolicy", env, seed=0, n_steps=10, batch_size=10, n_epochs=1, device="cpu")
     model.learn(40)
     scenario = env.get_attr("scenario")[0]
     view = SB3Policy(model, scenario)
@@ -184,15 +186,35 @@ def test_sb3_penalty_equals_the_native_regularizer_on_the_same_weights_and_batch
 
 
 def test_without_penalty_weight_regularized_ppo_trains_bit_for_bit_as_sb3_ppo():
-    reference = PPO("MlpPolicy", make_sb3_env("routing", SMALL.num_envs, **ROUTING), seed=0, **ppo_kwargs(SMALL, 2))
+    """lambda = 0: the re-implemented loss and update equal SB3's PPO.train exactly, for every penalty
+    (computed and logged, drawing from its own generator only); lambda > 0 changes the parameters."""
+    reference = PPO("MlpPolicy", make_sb3_env("routing", SMALL.num_envs, **ROUTING), seed=0, device="cpu",
+                    **ppo_kwargs(SMALL, 2))
     reference.learn(480)
-    for regularizer, kwargs in ((None, {}), ("aajr", {"reg_coef": 0.0})):
-        model = small_model(regularizer=regularizer, **kwargs)
+    for regularizer in (None, *sorted(REGULARIZERS)):
+        model = small_model(regularizer=regularizer, **({} if regularizer is None else {"reg_coef": 0.0}))
         model.learn(480)
         assert same_parameters(model, reference), regularizer
     penalised = small_model(reg_coef=1.0)
     penalised.learn(480)
     assert not same_parameters(penalised, reference)
+
+
+def test_the_recorded_joint_transitions_are_the_rollout_buffers_observations():
+    model = small_model()
+    model.learn(160)  # one rollout of 10 steps x 16 SB3 environments
+    joint, buffer, envs_sb3 = model._joint_rollout, model.rollout_buffer, 2 * SMALL.num_envs
+
+    def by_step(array):  # SB3 flattened its buffer environment-major for training: back to (T, B * N, ...)
+        array = torch.as_tensor(array)
+        return array.reshape(envs_sb3, 10, *array.shape[1:]).transpose(0, 1)
+
+    assert buffer.generator_ready
+    torch.testing.assert_close(joint["obs"].reshape(10, envs_sb3, -1), by_step(buffer.observations), rtol=0, atol=0)
+    pre_actions = by_step(buffer.actions).clamp(-20, 20)
+    expected = model.get_env().venv.squash(pre_actions.double()).float()
+    torch.testing.assert_close(joint["actions"].reshape(10, envs_sb3, -1).float(), expected)
+    assert joint["state/t"].reshape(10, SMALL.num_envs)[:, 0].tolist() == list(range(10))
 
 
 def test_aajr_model_save_and_load_round_trips(tmp_path):
@@ -204,6 +226,7 @@ def test_aajr_model_save_and_load_round_trips(tmp_path):
     loaded = RegularizedPPO.load(path, env=env)
     assert (loaded.regularizer, loaded.reg_coef, loaded.reg_settings) == ("aajr", 0.5, {"eps": 0.15, "steps": 2})
     assert same_parameters(loaded, model)
+    assert torch.equal(loaded.penalty_generator.get_state(), model.penalty_generator.get_state())
     batch = joint_batch(env.venv)
     for m in (model, loaded):
         m.penalty_generator.manual_seed(0)
@@ -212,6 +235,12 @@ def test_aajr_model_save_and_load_round_trips(tmp_path):
     np.testing.assert_array_equal(loaded.predict(obs, deterministic=True)[0], model.predict(obs, deterministic=True)[0])
     loaded.learn(160, reset_num_timesteps=False)  # training goes on from the loaded model
     assert loaded.num_timesteps == model.num_timesteps + 160
+    other = make_sb3_env("routing", SMALL.num_envs, **{**ROUTING, "horizon": 20})
+    loaded.set_env(other)
+    assert loaded._penalty_fn is None and loaded.penalty(joint_batch(other.venv))[0] >= 0
+    with pytest.raises(ValueError, match="wrapped in VecNormalize"):
+        loaded.set_env(VecNormalize(make_sb3_env("routing", SMALL.num_envs, **ROUTING)))
+    assert loaded.get_env() is other
 
 
 def test_bad_arguments_are_refused():
@@ -221,8 +250,14 @@ def test_bad_arguments_are_refused():
         small_model(reg_coef=-1.0)
     with pytest.raises(ValueError, match="eps"):
         small_model(reg_settings={"eps": 0.0})
-    with pytest.raises(ValueError, match="needs the joint transitions of a SharedPolicyVecEnv"):
+    with pytest.raises(ValueError, match="need the joint transitions of a SharedPolicyVecEnv"):
         RegularizedPPO("MlpPolicy", make_supersuit_vec_env("routing", **ROUTING), n_steps=10, batch_size=20)
+    normalised = VecNormalize(make_sb3_env("routing", 2, **ROUTING))
+    with pytest.raises(ValueError, match="wrapped in VecNormalize; allowed wrappers: VecMonitor"):
+        RegularizedPPO("MlpPolicy", normalised, n_steps=10, batch_size=20)
+    model = small_model()
+    with pytest.raises(RuntimeError, match="no joint transitions recorded"):
+        model.train()
 
 
 # ----- SB3 models as victims ------------------------------------------------------------------------
