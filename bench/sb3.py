@@ -58,6 +58,7 @@ def run_one(learner: str, scenario: str, seed: int, agent_steps: int, overrides:
         policy, scenario_obj, steps = native.policy, native.env.scenario, native.agent_steps
     else:
         from stable_baselines3 import PPO
+        from stable_baselines3.common.logger import Logger
 
         from agents.sb3 import SB3Policy, make_sb3_env, make_supersuit_vec_env, ppo_kwargs
 
@@ -68,6 +69,7 @@ def run_one(learner: str, scenario: str, seed: int, agent_steps: int, overrides:
         else:
             env = make_supersuit_vec_env(scenario, ppo.num_envs, **config.env)
         model = PPO("MlpPolicy", env, seed=seed, device="cpu", **ppo_kwargs(ppo, n_agents))
+        model.set_logger(Logger(folder=None, output_formats=[]))  # SB3's default leaves a /tmp/SB3-* folder per run
         start = time.perf_counter()
         model.learn(agent_steps)
         wall = time.perf_counter() - start

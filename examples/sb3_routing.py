@@ -21,6 +21,7 @@ import sys
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 from stable_baselines3 import PPO  # noqa: E402
+from stable_baselines3.common.logger import Logger  # noqa: E402
 
 from agents.config import resolve  # noqa: E402
 from agents.sb3 import RegularizedPPO, SB3Policy, make_sb3_env, ppo_kwargs  # noqa: E402
@@ -38,6 +39,7 @@ def train(regularized: bool, seed: int, agent_steps: int, reg_coef: float):
                                reg_settings={"eps": 0.1, "steps": 3}, seed=seed, **kwargs)
     else:
         model = PPO("MlpPolicy", env, seed=seed, **kwargs)
+    model.set_logger(Logger(folder=None, output_formats=[]))  # SB3's default leaves a /tmp/SB3-* folder per run
     return model.learn(agent_steps)
 
 

@@ -24,6 +24,12 @@ from envs.vector import TorchVectorEnv  # noqa: E402
 from regularizers import REGULARIZERS, RegularizerSettings, make_regularizer  # noqa: E402
 from robustness.evaluate import AttackGrid, evaluate_under_attacks  # noqa: E402
 
+@pytest.fixture(autouse=True)
+def sb3_log_dir(tmp_path, monkeypatch):
+    """SB3's default logger makes a folder per learn() call; keep them inside pytest's tmp_path, not /tmp."""
+    monkeypatch.setenv("SB3_LOGDIR", str(tmp_path / "sb3_logs"))
+
+
 ROUTING = {"n_agents": 2, "n_paths": 3, "horizon": 10}
 SMALL = PPOConfig(num_envs=8, rollout_steps=10, update_epochs=2)
 
