@@ -364,6 +364,32 @@ def ppo_kwargs(cfg: PPOConfig, n_agents: int) -> dict[str, Any]:
     }
 
 
+REGULARIZER_ARGS = ("regularizer", "reg_coef", "reg_settings")
+
+
+def checked_regularizer_args(**args: Any) -> dict[str, Any]:
+    """``RegularizedPPO``'s own arguments (any of ``REGULARIZER_ARGS``) checked, ``reg_settings`` as a dict."""
+    checked = {}
+    if "regularizer" in args:
+        regularizer = args["regularizer"]
+        checked["regularizer"] = None if regularizer is None else check_choice("regularizer", regularizer,
+                                                                               tuple(REGULARIZERS))
+    if "reg_coef" in args:
+        checked["reg_coef"] = check_real("reg_coef", args["reg_coef"], 0.0)
+    if "reg_settings" in args:
+        settings = args["reg_settings"]
+        if isinstance(settings, RegularizerSettings):
+            settings = dataclasses.asdict(settings)
+        if settings is not None and not isinstance(settings, dict):
+            raise ValueError(f"reg_settings must be a dict or RegularizerSettings, got {settings!r}")
+        fields = tuple(field.name for field in dataclasses.fields(RegularizerSettings))
+        for key in settings or {}:
+            check_choice("reg_settings key", key, fields)
+        RegularizerSettings(**(settings or {}))  # validates the values
+        checked["reg_settings"] = dict(settings or {})
+    return checked
+
+
 class RegularizedPPO(PPO):
     """SB3 PPO whose loss adds a project penalty: ``loss = L_PPO + reg_coef * penalty(SB3Policy, batch)``.
 
@@ -388,14 +414,10 @@ class RegularizedPPO(PPO):
     def __init__(self, policy, env, regularizer: str | None = "aajr", reg_coef: float = DEFAULT_REG_COEF,
                  reg_settings: dict[str, Any] | RegularizerSettings | None = None, _init_setup_model: bool = True,
                  **kwargs: Any) -> None:
-        if regularizer is not None:
-            check_choice("regularizer", regularizer, tuple(REGULARIZERS))
-        if isinstance(reg_settings, RegularizerSettings):
-            reg_settings = dataclasses.asdict(reg_settings)
-        RegularizerSettings(**(reg_settings or {}))  # validates
-        self.regularizer = regularizer
-        self.reg_coef = check_real("reg_coef", reg_coef, 0.0)
-        self.reg_settings = dict(reg_settings or {})
+        checked = checked_regularizer_args(regularizer=regularizer, reg_coef=reg_coef, reg_settings=reg_settings)
+        self.regularizer = checked["regularizer"]
+        self.reg_coef = checked["reg_coef"]
+        self.reg_settings = checked["reg_settings"]
         self.penalty_generator_state: list[int] | None = None  # saved with the model (see save)
         super().__init__(policy, env, _init_setup_model=False, **kwargs)
         if regularizer is not None and env is not None and _init_setup_model:
@@ -418,6 +440,15 @@ class RegularizedPPO(PPO):
                               f"it starts again from seed {seed} + 5")
         self._penalty_fn = None
         self._joint_rollout: dict[str, torch.Tensor] = {}
+
+    @classmethod
+    def load(cls, path, env=None, device="auto", custom_objects=None, print_system_info=False, force_reset=True,
+             **kwargs: Any) -> "RegularizedPPO":
+        """SB3's ``load``; ``regularizer``, ``reg_coef`` or ``reg_settings`` passed as keyword arguments
+        replace the saved ones after the constructor's checks."""
+        kwargs.update(checked_regularizer_args(**{key: kwargs.pop(key) for key in REGULARIZER_ARGS if key in kwargs}))
+        return super().load(path, env=env, device=device, custom_objects=custom_objects,
+                            print_system_info=print_system_info, force_reset=force_reset, **kwargs)
 
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "penalty_generator", "_penalty_fn", "_joint_rollout"]

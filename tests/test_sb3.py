@@ -247,6 +247,12 @@ def test_aajr_model_save_and_load_round_trips(tmp_path):
     with pytest.raises(ValueError, match="wrapped in VecNormalize"):
         loaded.set_env(VecNormalize(make_sb3_env("routing", SMALL.num_envs, **ROUTING)))
     assert loaded.get_env() is other
+    relaxed = RegularizedPPO.load(path, env=env, reg_coef=0.25, reg_settings={"eps": 0.05})
+    assert (relaxed.regularizer, relaxed.reg_coef, relaxed.reg_settings) == ("aajr", 0.25, {"eps": 0.05})
+    with pytest.raises(ValueError, match="reg_coef must lie in"):
+        RegularizedPPO.load(path, env=env, reg_coef=-0.5)
+    with pytest.raises(ValueError, match="unknown regularizer 'jacobi'"):
+        RegularizedPPO.load(path, env=env, regularizer="jacobi")
 
 
 def test_bad_arguments_are_refused():
@@ -254,6 +260,8 @@ def test_bad_arguments_are_refused():
         small_model(regularizer="jacobi")
     with pytest.raises(ValueError, match="reg_coef"):
         small_model(reg_coef=-1.0)
+    with pytest.raises(ValueError, match="unknown reg_settings key 'epsilon'; allowed: 'eps'"):
+        small_model(reg_settings={"epsilon": 0.1})
     with pytest.raises(ValueError, match="eps"):
         small_model(reg_settings={"eps": 0.0})
     with pytest.raises(ValueError, match="need the joint transitions of a SharedPolicyVecEnv"):
