@@ -177,7 +177,7 @@ def test_global_estimator_is_unbiased_for_the_frobenius_norm():
     obs = batch["obs"][:1]
     penalty, _ = global_jacobian_penalty(policy, {"obs": obs}, steps=20000, generator=torch.Generator().manual_seed(0))
     frobenius = sum(agent_jacobian(policy, obs[0], i).pow(2).sum() / obs.shape[-1] for i in range(2))
-    assert float(penalty) == pytest.approx(float(frobenius) / 2, rel=0.03)
+    assert penalty.item() == pytest.approx(frobenius.item() / 2, rel=0.03)
 
 
 def test_jacobian_penalty_equals_jacrev_with_the_same_directions():
