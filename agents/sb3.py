@@ -28,16 +28,20 @@ weights inside are read with ``torch.load(weights_only=True)``).
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from typing import Any
 
 import numpy as np
 import torch
 from gymnasium import spaces
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
 try:
     from stable_baselines3 import PPO
+    from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.distributions import DiagGaussianDistribution
     from stable_baselines3.common.policies import ActorCriticPolicy
     from stable_baselines3.common.utils import LinearSchedule, explained_variance
@@ -250,6 +254,44 @@ def shared_env(env) -> SharedPolicyVecEnv:
     return node
 
 
+class RichProgressCallback(BaseCallback):
+    """A rich progress bar (on stderr) of the agent-steps of one ``learn`` call; SB3's own
+    ``progress_bar=True`` needs tqdm.
+
+    ``model.learn(steps, callback=RichProgressCallback("seed 0"))``; the bar counts ``num_timesteps`` (every
+    agent of every environment is one SB3 step with ``make_sb3_env``) up to the target rounded up to whole
+    rollouts, as on-policy SB3 learns, and shows the mean episode return of the last 100 episodes
+    (``VecMonitor``).
+    """
+
+    def __init__(self, description: str = "training") -> None:
+        super().__init__()
+        self.description = description
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeRemainingColumn(), TextColumn("{task.fields[status]}"), console=Console(stderr=True))
+        self.task = None
+
+    def _on_training_start(self) -> None:
+        start, target = self.model.num_timesteps, self.locals["total_timesteps"]
+        rollout = getattr(self.model, "n_steps", 1) * self.training_env.num_envs
+        total = start + math.ceil(max(target - start, 0) / rollout) * rollout
+        self.bar.start()
+        self.task = self.bar.add_task(self.description, total=total, completed=start, status="")
+
+    def _on_step(self) -> bool:
+        self.bar.update(self.task, completed=self.model.num_timesteps)
+        return True
+
+    def _on_rollout_end(self) -> None:
+        returns = [info["r"] for info in self.model.ep_info_buffer]
+        if returns:
+            self.bar.update(self.task, status=f"return {np.mean(returns):+.3f}")
+
+    def _on_training_end(self) -> None:
+        self.bar.update(self.task, completed=self.model.num_timesteps)
+        self.bar.stop()
+
+
 class SB3Policy(nn.Module):
     """An SB3 Gaussian actor-critic policy as a multi-agent policy on ``(B, N, D)`` observations.
 
@@ -406,9 +448,9 @@ class RegularizedPPO(PPO):
     ``L_PPO`` is SB3's PPO loss, computed as ``PPO.train`` computes it (with ``reg_coef=0`` and the same
     seed this class trains bit for bit as SB3's ``PPO``; ``regularizer=None`` runs ``PPO.train``
     itself). For each SB3 minibatch of agent samples the penalty is evaluated on
-    ``max(1, batch_size // N)`` joint transitions (all N agents of an environment at one step) drawn without replacement from
-    the rollout, by a generator seeded from ``seed`` (saved with the model, so that training resumes its
-    draws).
+    ``max(1, batch_size // N)`` joint transitions (all N agents of an environment at one step) drawn
+    without replacement from the rollout, by a generator seeded from ``seed`` (saved with the model, so
+    that training resumes its draws).
     """
 
     def __init__(self, policy, env, regularizer: str | None = "aajr", reg_coef: float = DEFAULT_REG_COEF,

@@ -103,15 +103,17 @@ def table(results: list[dict], seeds: list[int], learners: list[str]) -> tuple[s
                 good = native >= estimate.lo if higher else native <= estimate.hi
                 all_good &= good
                 comparison = f"{walls[learner] / walls['native']:.1f}x | {'yes' if good else 'no'} |"
-            lines.append(f"| {scenario} | {rows[learner][0]['reference']} ({'higher' if higher else 'lower'} is better) "
-                         f"| {learner} | {estimate.iqm:.3f} [{estimate.lo:.3f}, {estimate.hi:.3f}] | {steps:,} | "
+            direction = "higher" if higher else "lower"
+            lines.append(f"| {scenario} | {rows[learner][0]['reference']} ({direction} is better) | {learner} "
+                         f"| {estimate.iqm:.3f} [{estimate.lo:.3f}, {estimate.hi:.3f}] | {steps:,} | "
                          f"{walls[learner]:.1f} | {steps / walls[learner]:,.0f} | {comparison}")
     return "\n".join(lines), all_good
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scenarios", nargs="+", default=["routing", "commons"], choices=["routing", "commons", "compute"])
+    parser.add_argument("--scenarios", nargs="+", default=["routing", "commons"],
+                        choices=["routing", "commons", "compute"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--agent-steps", type=int, default=200_000, help="training budget of every run")
     parser.add_argument("--learners", nargs="+", default=list(LEARNERS), choices=LEARNERS,
@@ -124,17 +126,16 @@ def main() -> int:
     args = parser.parse_args()
     if args.agent_steps < 1:
         parser.error(f"--agent-steps must be a positive integer, got {args.agent_steps}")
-    jobs = [(learner, scenario, seed) for scenario in args.scenarios for seed in args.seeds for learner in args.learners]
-    try:
-        from rich.progress import track
-    except ImportError:  # pragma: no cover - rich is a core dependency
-        def track(iterable, **_):
-            return iterable
+    jobs = [(learner, scenario, seed)
+            for scenario in args.scenarios for seed in args.seeds for learner in args.learners]
+    from rich.progress import track
+
+    import train
     with concurrent.futures.ProcessPoolExecutor(max_workers=args.jobs) as pool:
         futures = [pool.submit(run_one, *job, args.agent_steps, args.set) for job in jobs]
         results = [future.result() for future in track(futures, description="training runs")]
     if args.out:
-        pathlib.Path(args.out).write_text(json.dumps(results, indent=2))
+        train.atomic_write(pathlib.Path(args.out), lambda tmp: tmp.write_text(json.dumps(results, indent=2)))
     text, all_good = table(results, args.seeds, args.learners)
     overrides = f", overrides: {' '.join(args.set)}" if args.set else ""
     print(f"\nsmall configs{overrides}, {args.agent_steps:,} agent-steps per run, "

@@ -24,7 +24,7 @@ from stable_baselines3 import PPO  # noqa: E402
 from stable_baselines3.common.logger import Logger  # noqa: E402
 
 from agents.config import resolve  # noqa: E402
-from agents.sb3 import RegularizedPPO, SB3Policy, make_sb3_env, ppo_kwargs  # noqa: E402
+from agents.sb3 import RegularizedPPO, RichProgressCallback, SB3Policy, make_sb3_env, ppo_kwargs  # noqa: E402
 from robustness.evaluate import AttackGrid, evaluate_under_attacks  # noqa: E402
 
 CONFIG = resolve({"scenario": "routing"})  # configs/routing.yaml, default size: 4 agents, 4 paths, 50 steps
@@ -40,7 +40,8 @@ def train(regularized: bool, seed: int, agent_steps: int, reg_coef: float):
     else:
         model = PPO("MlpPolicy", env, seed=seed, **kwargs)
     model.set_logger(Logger(folder=None, output_formats=[]))  # SB3's default leaves a /tmp/SB3-* folder per run
-    return model.learn(agent_steps)
+    name = "ppo+aajr" if regularized else "ppo"
+    return model.learn(agent_steps, callback=RichProgressCallback(f"seed {seed} {name}"))
 
 
 def main() -> int:
@@ -63,7 +64,7 @@ def main() -> int:
             for row in evaluate_under_attacks(scenario, SB3Policy(model, scenario), grid):
                 if row["attack"] == "system":
                     ratios[name].setdefault(row["eps"], []).append(row["ratio_to_reference"])
-            print(f"seed {seed}: {name} trained and evaluated", file=sys.stderr)
+            print(f"seed {seed}: {name} evaluated under attacks", file=sys.stderr)
 
     print(f"\nrouting (4 agents, 4 paths), SB3 PPO, {args.agent_steps:,} agent-steps, seeds {args.seeds}, "
           f"AAJR lambda {args.reg_coef}; travel time / system optimum under shared PGA shocks (K=10, l2):\n")
