@@ -217,7 +217,7 @@ def test_spectral_penalty_converges_to_the_largest_singular_value():
     assert_grads_close(torch.autograd.grad(penalty, params, allow_unused=True),
                        torch.autograd.grad(reference, params), rtol=1e-5, atol=1e-9)
     hinge, _ = spectral_penalty(policy, batch, iterations=100, generator=torch.Generator().manual_seed(0), budget=1e6)
-    assert float(hinge) == 0.0
+    assert hinge.item() == 0.0
 
 
 # ----- smoothness (SA-PPO) ------------------------------------------------------------------------
@@ -250,7 +250,7 @@ def test_smoothness_penalty_equals_a_loop_over_agents_and_finite_differences(bud
 
     reference = loop()
     torch.testing.assert_close(penalty, reference, rtol=1e-6, atol=1e-12)
-    assert float(penalty) > 0 and diagnostics["reg/action_change_max"] >= diagnostics["reg/action_change_mean"]
+    assert penalty.item() > 0 and diagnostics["reg/action_change_max"] >= diagnostics["reg/action_change_mean"]
     params = list(policy.actor.parameters())
     grads = torch.autograd.grad(penalty, params, allow_unused=True)
     assert_grads_close(grads, torch.autograd.grad(reference, params))
