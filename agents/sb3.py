@@ -53,7 +53,7 @@ except ModuleNotFoundError as error:  # pragma: no cover - depends on the instal
 
 from agents.config import DEFAULT_REG_COEF
 from agents.ppo import PPOConfig
-from envs.core import Scenario, check_choice, check_positive_int, check_real, make_generator
+from envs.core import Scenario, check_choice, check_positive_int, check_real, config_from_kwargs, make_generator
 from envs.vector import TorchVectorEnv
 from regularizers import REGULARIZERS, RegularizerSettings, make_regularizer
 
@@ -424,10 +424,7 @@ def checked_regularizer_args(**args: Any) -> dict[str, Any]:
             settings = dataclasses.asdict(settings)
         if settings is not None and not isinstance(settings, dict):
             raise ValueError(f"reg_settings must be a dict or RegularizerSettings, got {settings!r}")
-        fields = tuple(field.name for field in dataclasses.fields(RegularizerSettings))
-        for key in settings or {}:
-            check_choice("reg_settings key", key, fields)
-        RegularizerSettings(**(settings or {}))  # validates the values
+        config_from_kwargs(RegularizerSettings, settings or {})  # refuses unknown keys and bad values
         checked["reg_settings"] = dict(settings or {})
     return checked
 
@@ -462,9 +459,7 @@ class RegularizedPPO(PPO):
         self.reg_settings = checked["reg_settings"]
         self.penalty_generator_state: list[int] | None = None  # saved with the model (see save)
         super().__init__(policy, env, _init_setup_model=False, **kwargs)
-        if regularizer is not None and env is not None and _init_setup_model:
-            shared_env(self.env)  # fail early on an environment without joint transitions
-        if _init_setup_model:
+        if _init_setup_model:  # refuses an environment without joint transitions
             self._setup_model()
 
     def _setup_model(self) -> None:

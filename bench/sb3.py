@@ -28,7 +28,11 @@ import statistics
 import sys
 import time
 
+from rich.progress import track
+
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+import train  # noqa: E402
 
 LEARNERS = ("native", "sb3", "sb3-supersuit")
 # Both learners train the same policy class: SB3 has one network shared by the agents and no observation
@@ -128,9 +132,6 @@ def main() -> int:
         parser.error(f"--agent-steps must be a positive integer, got {args.agent_steps}")
     jobs = [(learner, scenario, seed)
             for scenario in args.scenarios for seed in args.seeds for learner in args.learners]
-    from rich.progress import track
-
-    import train
     with concurrent.futures.ProcessPoolExecutor(max_workers=args.jobs) as pool:
         futures = [pool.submit(run_one, *job, args.agent_steps, args.set) for job in jobs]
         results = [future.result() for future in track(futures, description="training runs")]

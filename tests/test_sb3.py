@@ -17,12 +17,13 @@ from stable_baselines3.common.vec_env import VecNormalize  # noqa: E402
 import envs  # noqa: E402,F401  (registers the Gymnasium ids)
 from agents.policy import MultiAgentActorCritic  # noqa: E402
 from agents.ppo import PPOConfig  # noqa: E402
-from agents.sb3 import (RegularizedPPO, SB3Policy, SharedPolicyVecEnv, make_sb3_env,  # noqa: E402
-                        make_supersuit_vec_env, ppo_kwargs)
+from agents.sb3 import (RegularizedPPO, RichProgressCallback, SB3Policy, SharedPolicyVecEnv,  # noqa: E402
+                        make_sb3_env, make_supersuit_vec_env, ppo_kwargs)
 from envs.shock_wrapper import ShockConfig, ShockedVectorEnv  # noqa: E402
 from envs.vector import TorchVectorEnv  # noqa: E402
 from regularizers import REGULARIZERS, RegularizerSettings, make_regularizer  # noqa: E402
 from robustness.evaluate import AttackGrid, evaluate_under_attacks  # noqa: E402
+
 
 @pytest.fixture(autouse=True)
 def sb3_log_dir(tmp_path, monkeypatch):
@@ -260,7 +261,8 @@ def test_bad_arguments_are_refused():
         small_model(regularizer="jacobi")
     with pytest.raises(ValueError, match="reg_coef"):
         small_model(reg_coef=-1.0)
-    with pytest.raises(ValueError, match="unknown reg_settings key 'epsilon'; allowed: 'eps'"):
+    unknown_key = r"unknown argument\(s\) 'epsilon' for RegularizerSettings; allowed: eps, steps"
+    with pytest.raises(ValueError, match=unknown_key):
         small_model(reg_settings={"epsilon": 0.1})
     with pytest.raises(ValueError, match="eps"):
         small_model(reg_settings={"eps": 0.0})
@@ -349,8 +351,6 @@ def test_the_readme_example_runs(tmp_path):
 
 
 def test_rich_progress_callback_counts_the_agent_steps_of_learn():
-    from agents.sb3 import RichProgressCallback
-
     model = small_model(regularizer=None)
     callback = RichProgressCallback("seed 0")
     model.learn(300, callback=callback)  # rollouts of 10 steps x 8 environments x 2 agents: 320 agent-steps
