@@ -1,14 +1,18 @@
-"""Typed run configuration: dataclasses, YAML files per scenario, ``KEY=VALUE`` command-line overrides.
+"""Typed run configuration: dataclasses, the packaged YAML file per scenario, ``KEY=VALUE`` overrides.
 
-Resolution order: dataclass defaults <- ``configs/<scenario>.yaml`` section ``<size>`` <- overrides.
-Every field can be overridden (``ppo.learning_rate=1e-3``, ``env.n_agents=8``). Unknown keys and
-values of the wrong type raise ``ConfigError`` with one line naming the field, the value and what is
+Resolution order: dataclass defaults <- the scenario's preset of that size (``env``) <- the packaged
+``agents/configs/<scenario>.yaml`` section ``<size>`` <- overrides. Every field can be overridden
+(``ppo.learning_rate=1e-3``, ``env.n_agents=8``, ``reg.eps=0.2``). The method's own settings are the
+``reg:`` section, typed by its registry entry (``regularizers.registry``); the shocks of the
+adversarial methods' rollouts are ``shock:``. Unknown keys, values of the wrong type and missing or
+malformed config files raise ``ConfigError`` with one line naming the field, the value and what is
 allowed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import pathlib
 import types
 import typing
@@ -17,43 +21,20 @@ from typing import Any
 import yaml
 
 from agents.ppo import PPOConfig
-from envs.core import SCENARIOS
+from envs.core import SCENARIOS, config_from_kwargs
 from envs.shock_wrapper import ShockConfig
-from regularizers import RegularizerSettings
+from regularizers import METHODS, Method
 
-CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
 SIZES = ("small", "default", "large")
+DEFAULT_REG_COEF = 0.1
+# Flat keys of earlier versions, refused with a pointer to their place in the ``reg:`` section.
+RENAMED = {"reg_eps": "reg.eps", "reg_steps": "reg.steps (jacobian: reg.directions)", "reg_norm": "reg.norm",
+           "reg_budget": "reg.budget", "reg_power_iterations": "reg.power_iterations",
+           "specnorm_bound": "reg.bound"}
 
 
 class ConfigError(ValueError):
     """A bad configuration value; the message is one line naming the field."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Method:
-    """What a training method adds to PPO.
-
-    :param penalty: name of the regularizer in ``regularizers.REGULARIZERS`` (None: no penalty).
-    :param adversarial: roll out under PGA shocks (``TrainConfig.shock``): PGD adversarial training.
-    :param spectral_norm: bound the spectral norm of every actor layer (``regularizers.specnorm``).
-    """
-
-    penalty: str | None = None
-    adversarial: bool = False
-    spectral_norm: bool = False
-
-
-METHODS = {
-    "ppo": Method(),
-    "aajr": Method(penalty="aajr"),
-    "jacobian": Method(penalty="jacobian"),
-    "spectral": Method(penalty="spectral"),
-    "specnorm": Method(spectral_norm=True),
-    "smooth": Method(penalty="smooth"),
-    "adv": Method(adversarial=True),
-    "aajr+adv": Method(penalty="aajr", adversarial=True),  # the regularized robust objective (eq. 21)
-}
-DEFAULT_REG_COEF = 0.1
 
 
 @dataclasses.dataclass
@@ -61,19 +42,14 @@ class TrainConfig:
     """One training run: one scenario, one method, one seed.
 
     :param scenario: scenario name.
-    :param size: section of ``configs/<scenario>.yaml`` (small, default, large).
-    :param method: training method.
+    :param size: ``small``, ``default`` or ``large``: the scenario preset and the config file's section.
+    :param method: training method (``regularizers.METHODS``).
     :param seed: seed of everything (same seed, same numbers on CPU).
     :param device: torch device (``cpu``, ``cuda``, ``cuda:1``...).
     :param total_agent_steps: training budget in agent-steps (environment steps x agents).
     :param reg_coef: weight lambda of the method's penalty (default 0.1 for methods with one; 0 still
         computes and logs it); methods without a penalty refuse it.
-    :param reg_eps: radius of the ball of the regularizer's PGA (``aajr``, ``smooth``), observation units.
-    :param reg_steps: K: PGA steps (``aajr``, ``smooth``) or random directions per state (``jacobian``).
-    :param reg_norm: ``l2`` or ``linf``.
-    :param reg_budget: hinge budget gamma: penalise ``max(0, norm - gamma)^2`` instead of ``norm^2``.
-    :param reg_power_iterations: power iterations of the ``spectral`` penalty.
-    :param specnorm_bound: per-layer spectral-norm bound c of ``specnorm``.
+    :param reg: the method's settings (its registry entry's dataclass), None for methods without any.
     :param checkpoint_every: iterations between checkpoints.
     :param eval_envs: environments in the final evaluation.
     :param env: the scenario's keyword arguments.
@@ -90,12 +66,7 @@ class TrainConfig:
     device: str = "cpu"
     total_agent_steps: int = 2_000_000
     reg_coef: float | None = None
-    reg_eps: float = 0.1
-    reg_steps: int = 3
-    reg_norm: str = "l2"
-    reg_budget: float | None = None
-    reg_power_iterations: int = 5
-    specnorm_bound: float = 1.0
+    reg: Any = None
     checkpoint_every: int = 10
     eval_envs: int = 256
     env: dict = dataclasses.field(default_factory=dict)
@@ -106,10 +77,6 @@ class TrainConfig:
     @property
     def method_spec(self) -> Method:
         return METHODS[self.method]
-
-    def regularizer_settings(self) -> RegularizerSettings:
-        return RegularizerSettings(self.reg_eps, self.reg_steps, self.reg_norm, self.reg_budget,
-                                   self.reg_power_iterations)
 
 
 def _type_name(tp: Any) -> str:
@@ -156,16 +123,25 @@ def build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"unknown key(s) {', '.join(prefix + k for k in unknown)}; "
+        renamed = [f"{prefix}{k} is now {RENAMED[k]}" for k in unknown if not prefix and k in RENAMED]
+        hint = f" ({'; '.join(renamed)})" if renamed else ""
+        raise ConfigError(f"unknown key(s) {', '.join(prefix + k for k in unknown)}{hint}; "
                           f"allowed: {', '.join(prefix + k for k in fields)}")
     kwargs = {}
     for name, value in data.items():
         tp = hints[name]
-        if dataclasses.is_dataclass(tp):
+        if tp is Any:
+            kwargs[name] = value
+        elif dataclasses.is_dataclass(tp):
             kwargs[name] = build(tp, value, f"{prefix}{name}.")
         else:
             kwargs[name] = _coerce(prefix + name, value, tp)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except ValueError as error:  # the dataclass's own checks name the field
+        raise ConfigError(f"{prefix}{error}") from None
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -197,46 +173,91 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_yaml(path: pathlib.Path) -> dict[str, Any]:
+def load_yaml(path: pathlib.Path | importlib.resources.abc.Traversable, what: str) -> dict[str, Any]:
+    """The mapping in a YAML file (``what`` names it in errors); an empty file is an empty mapping."""
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text()
+    except OSError as error:
+        raise ConfigError(f"{what}: cannot read it ({error.strerror or error})") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML ({error})") from None
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or type(error).__name__
+        raise ConfigError(f"{what}: not valid YAML{where} ({problem})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
+        raise ConfigError(f"{what}: expected a mapping at the top level, got {type(data).__name__}")
     return data
 
 
-def resolve(overrides: dict[str, Any], config_dir: pathlib.Path = CONFIG_DIR) -> TrainConfig:
-    """Defaults <- ``configs/<scenario>.yaml[size]`` <- overrides, validated."""
+def config_file(scenario: str, config_dir: pathlib.Path | None = None):
+    """The YAML file of a scenario: ``<config_dir>/<scenario>.yaml``, or the one packaged in ``agents/configs``."""
+    if config_dir is not None:
+        return pathlib.Path(config_dir) / f"{scenario}.yaml"
+    return importlib.resources.files("agents").joinpath("configs", f"{scenario}.yaml")
+
+
+def size_section(scenario: str, size: str, config_dir: pathlib.Path | None = None) -> dict[str, Any]:
+    """The ``size`` section of the scenario's config file, with the scenario preset of that size under
+    its ``env`` (a missing file or section is an error)."""
+    path = config_file(scenario, config_dir)
+    what = f"config file {path}"
+    if not path.is_file():
+        raise ConfigError(f"{what} is missing: every scenario needs one, with sections {', '.join(SIZES)}")
+    sections = load_yaml(path, what)
+    unknown = sorted(set(sections) - set(SIZES))
+    if unknown:
+        raise ConfigError(f"{what}: unknown section(s) {', '.join(map(str, unknown))}; allowed: {', '.join(SIZES)}")
+    if size not in sections:
+        raise ConfigError(f"{what} has no section {size!r}")
+    section = sections[size] or {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"{what}: section {size!r} must be a mapping, got {type(section).__name__}")
+    preset = SCENARIOS[scenario].presets.get(size, {})
+    env = section.get("env") or {}
+    if not isinstance(env, dict):
+        raise ConfigError(f"{what}: {size}.env must be a mapping, got {type(env).__name__}")
+    return {**section, "env": {**preset, **env}}
+
+
+def _positive(path: str, value: Any) -> None:
+    if value < 1:
+        raise ConfigError(f"{path} must be a positive integer, got {value}")
+
+
+def resolve(overrides: dict[str, Any], config_dir: pathlib.Path | None = None) -> TrainConfig:
+    """Defaults <- preset <- ``<scenario>.yaml[size]`` <- overrides, validated (``ConfigError``)."""
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"config: expected a mapping, got {type(overrides).__name__}")
     scenario = overrides.get("scenario", TrainConfig.scenario)
     size = overrides.get("size", TrainConfig.size)
     if scenario not in SCENARIOS:
         raise ConfigError(f"unknown scenario {scenario!r}; allowed: {', '.join(sorted(SCENARIOS))}")
     if size not in SIZES:
         raise ConfigError(f"unknown size {size!r}; allowed: {', '.join(SIZES)}")
-    path = config_dir / f"{scenario}.yaml"
-    sections = load_yaml(path) if path.exists() else {}
-    unknown = sorted(set(sections) - set(SIZES))
-    if unknown:
-        raise ConfigError(f"{path}: unknown section(s) {', '.join(unknown)}; allowed: {', '.join(SIZES)}")
-    merged = merge(sections.get(size) or {}, overrides)
+    merged = merge(size_section(scenario, size, config_dir), overrides)
+    method_name = merged.get("method", TrainConfig.method)
+    if method_name not in METHODS:
+        raise ConfigError(f"unknown method {method_name!r}; allowed: {', '.join(METHODS)}")
+    method = METHODS[method_name]
+    reg = merged.pop("reg", None)
     config = build(TrainConfig, merged)
-    if config.method not in METHODS:
-        raise ConfigError(f"unknown method {config.method!r}; allowed: {', '.join(METHODS)}")
+    config = dataclasses.replace(config, reg=build_settings(method, reg))
+    try:
+        config_from_kwargs(SCENARIOS[scenario].config_cls, config.env)
+    except ValueError as error:
+        raise ConfigError(f"env: {error}") from None
     if config.seed < 0:
         raise ConfigError(f"seed must be >= 0, got {config.seed}")
     for name in ("total_agent_steps", "checkpoint_every", "eval_envs"):
-        if getattr(config, name) < 1:
-            raise ConfigError(f"{name} must be a positive integer, got {getattr(config, name)}")
+        _positive(name, getattr(config, name))
     for name in ("num_envs", "rollout_steps", "update_epochs", "num_minibatches"):
-        if getattr(config.ppo, name) < 1:
-            raise ConfigError(f"ppo.{name} must be a positive integer, got {getattr(config.ppo, name)}")
+        _positive(f"ppo.{name}", getattr(config.ppo, name))
     if config.ppo.learning_rate <= 0:
         raise ConfigError(f"ppo.learning_rate must be > 0, got {config.ppo.learning_rate}")
-    method = config.method_spec
     if not method.adversarial and ("shock" in merged or "shock_warmup" in merged):
         raise ConfigError(f"shock settings configure the rollouts of the adversarial methods "
                           f"({', '.join(name for name, m in METHODS.items() if m.adversarial)}); "
@@ -256,18 +277,24 @@ def resolve(overrides: dict[str, Any], config_dir: pathlib.Path = CONFIG_DIR) ->
         config = dataclasses.replace(config, reg_coef=DEFAULT_REG_COEF)
     if config.reg_coef < 0:
         raise ConfigError(f"reg_coef must be >= 0, got {config.reg_coef}")
-    if config.specnorm_bound <= 0:
-        raise ConfigError(f"specnorm_bound must be > 0, got {config.specnorm_bound}")
-    try:
-        config.regularizer_settings()
-    except ValueError as error:
-        raise ConfigError(f"{error} (reg_* settings)") from None
     return config
 
 
+def build_settings(method: Method, data: Any) -> Any:
+    """The method's settings dataclass from the ``reg:`` mapping (None when the method has none)."""
+    if method.settings is None:
+        if data:
+            raise ConfigError(f"method {method.name!r} has no settings, got reg={data!r}; methods with settings: "
+                              f"{', '.join(name for name, m in METHODS.items() if m.settings)}")
+        return None
+    if dataclasses.is_dataclass(data) and isinstance(data, method.settings):
+        return data
+    return build(method.settings, {} if data is None else data, "reg.")
+
+
 def to_dict(config: TrainConfig) -> dict[str, Any]:
-    """Plain YAML-safe mapping of the resolved config (tuples as lists); the shock settings only for
-    the adversarial methods, which use them (``resolve(to_dict(config)) == config``)."""
+    """Plain YAML-safe mapping of the resolved config (tuples as lists); ``reg`` only for methods with
+    settings, the shock settings only for the adversarial methods (``resolve(to_dict(config)) == config``)."""
     def plain(value: Any) -> Any:
         if isinstance(value, tuple):
             return [plain(v) for v in value]
@@ -275,6 +302,8 @@ def to_dict(config: TrainConfig) -> dict[str, Any]:
             return {k: plain(v) for k, v in value.items()}
         return value
     data = plain(dataclasses.asdict(config))
+    if config.reg is None:
+        del data["reg"]
     if not config.method_spec.adversarial:
         del data["shock"], data["shock_warmup"]
     return data

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
-from agents.policy import MultiAgentActorCritic
+from agents.policy import make_policy
 from agents.ppo import PPOConfig, compute_gae, ppo_loss
+from envs.batch import Batch
 from envs.core import make_generator
 from envs.shock_wrapper import ShockConfig, ShockedVectorEnv
 from envs.vector import TorchVectorEnv
 from regularizers import Penalty
-from regularizers.specnorm import apply_spectral_norm
 
 
 class PPOLearner:
@@ -27,7 +27,9 @@ class PPOLearner:
     :param penalty: optional regularizer ``penalty(policy, batch, generator) -> (tensor, diagnostics)``;
         computed (and its diagnostics logged) even when ``reg_coef`` is 0.
     :param reg_coef: weight lambda of the penalty in the loss.
-    :param spectral_bound: bound every actor layer's spectral norm by this value (``specnorm``).
+    :param transform_policy: applied in place to the new policy before the optimizer is built (a
+        method's architecture, e.g. spectral normalisation: ``regularizers.registry.Method``).
+    :param policy_diagnostics: ``fn(policy) -> {key: value}`` added to every update's metrics.
     :param shock: adversarial training: roll out under this shock (against the current policy's
         deterministic action map); ``shock.prob`` is the final probability of shocking a step.
     :param shock_warmup: fraction of training over which the shock probability ramps linearly from
@@ -36,20 +38,18 @@ class PPOLearner:
 
     def __init__(self, env: TorchVectorEnv, cfg: PPOConfig, total_iterations: int, seed: int,
                  penalty: Penalty | None = None, reg_coef: float = 0.0, shock: ShockConfig | None = None,
-                 shock_warmup: float = 0.0, spectral_bound: float | None = None) -> None:
+                 shock_warmup: float = 0.0, transform_policy: Callable[[torch.nn.Module], None] | None = None,
+                 policy_diagnostics: Callable[[torch.nn.Module], dict[str, float]] | None = None) -> None:
         self.env, self.cfg = env, cfg
         self.device = env.device
         self.total_iterations = total_iterations
         self.penalty, self.reg_coef = penalty, reg_coef
         scenario = env.scenario
         torch.manual_seed(seed)
-        self.policy = MultiAgentActorCritic(
-            scenario.n_agents, scenario.obs_dim, scenario.action_low.float().cpu(), scenario.action_high.float().cpu(),
-            hidden=tuple(cfg.hidden), share_parameters=cfg.share_parameters,
-            centralised_critic=cfg.centralised_critic, init_log_std=cfg.init_log_std,
-            normalise_obs=cfg.normalise_obs).to(self.device)
-        if spectral_bound is not None:
-            apply_spectral_norm(self.policy.actor, spectral_bound)
+        self.policy = make_policy(scenario, cfg)
+        if transform_policy is not None:
+            transform_policy(self.policy)
+        self.policy_diagnostics = policy_diagnostics
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.learning_rate, eps=1e-5)
         self.action_generator = make_generator(seed + 1, self.device)
         self.minibatch_generator = make_generator(seed + 2, "cpu")
@@ -70,7 +70,7 @@ class PPOLearner:
     # ----- rollout ---------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def collect(self) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    def collect(self) -> tuple[Batch, dict[str, float]]:
         """Run ``rollout_steps`` steps in every environment; returns the flattened batch and stats."""
         cfg, env = self.cfg, self.env
         keys = ("obs", "pre_actions", "actions", "log_probs", "values", "rewards", "dones")
@@ -119,11 +119,8 @@ class PPOLearner:
         rollout["next_values"] = next_values
         advantages, returns = compute_gae(rollout["rewards"], rollout["values"], rollout["next_values"],
                                           rollout["dones"], cfg.gamma, cfg.gae_lambda)
-        batch = {key: rollout[key].flatten(0, 1) for key in ("obs", "pre_actions", "actions", "log_probs", "values")}
-        batch["advantages"] = advantages.flatten(0, 1)
-        batch["returns"] = returns.flatten(0, 1)
-        for key in states[0]:
-            batch[f"state/{key}"] = torch.stack([state[key] for state in states]).flatten(0, 1)
+        batch = Batch.from_steps(states, advantages=advantages, returns=returns,
+                                 **{key: rollout[key] for key in ("obs", "pre_actions", "actions", "log_probs", "values")})
         self.agent_steps += cfg.rollout_steps * env.num_envs * env.n_agents
         stats = {"charts/system_loss": float(torch.stack(step_losses).mean()), **shock_stats}
         if finished_returns:
@@ -133,13 +130,13 @@ class PPOLearner:
 
     # ----- update ----------------------------------------------------------------------------------
 
-    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+    def update(self, batch: Batch) -> dict[str, float]:
         """PPO epochs over the batch: loss = ppo_loss + reg_coef * penalty; Adam with gradient clipping."""
         cfg = self.cfg
         if cfg.anneal_lr:
             for group in self.optimizer.param_groups:
                 group["lr"] = cfg.learning_rate * max(1.0 - self.iteration / self.total_iterations, 0.0)
-        size = batch["obs"].shape[0]
+        size = len(batch)
         minibatch_size = max(size // cfg.num_minibatches, 1)
         totals: dict[str, float] = {}
         count = 0
@@ -147,7 +144,7 @@ class PPOLearner:
             order = torch.randperm(size, generator=self.minibatch_generator).to(self.device)
             for start in range(0, size - minibatch_size + 1, minibatch_size):
                 index = order[start:start + minibatch_size]
-                minibatch = {key: value[index] for key, value in batch.items()}
+                minibatch = batch[index]
                 loss, stats = ppo_loss(self.policy, minibatch, cfg)
                 if self.penalty is not None:
                     penalty, diagnostics = self.penalty(self.policy, minibatch, self.penalty_generator)
@@ -161,9 +158,11 @@ class PPOLearner:
                     totals[key] = totals.get(key, 0.0) + float(value.detach() if torch.is_tensor(value) else value)
                 count += 1
         if cfg.normalise_obs:  # after the update, so that the rollout's log-probs stay consistent
-            self.policy.obs_norm.update(batch["obs"])
+            self.policy.obs_norm.update(batch.obs)
         self.iteration += 1
         out = {key: value / count for key, value in totals.items()}
+        if self.policy_diagnostics is not None:
+            out.update(self.policy_diagnostics(self.policy))
         out["charts/learning_rate"] = self.optimizer.param_groups[0]["lr"]
         return out
 

@@ -19,6 +19,11 @@ from torch.distributions import Normal
 from agents.networks import StackedMLP
 
 
+def squash(pre_actions: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """Environment actions ``low + (high - low) * sigmoid(u)`` of pre-squash actions ``u`` ``(..., A)``."""
+    return low + (high - low) * torch.sigmoid(pre_actions)
+
+
 class RunningNorm(nn.Module):
     """Running mean/variance of observations per agent and feature (Chan et al. parallel update).
 
@@ -46,6 +51,15 @@ class RunningNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ((x - self.mean) / torch.sqrt(self.var + 1e-8)).clamp(-self.clip, self.clip)
+
+
+def make_policy(scenario, cfg) -> "MultiAgentActorCritic":
+    """The actor-critic that ``cfg`` (an ``agents.ppo.PPOConfig``) describes for a scenario's agents,
+    observations and action box, on the scenario's device (initialised from torch's global generator)."""
+    return MultiAgentActorCritic(
+        scenario.n_agents, scenario.obs_dim, scenario.action_low.float().cpu(), scenario.action_high.float().cpu(),
+        hidden=tuple(cfg.hidden), share_parameters=cfg.share_parameters, centralised_critic=cfg.centralised_critic,
+        init_log_std=cfg.init_log_std, normalise_obs=cfg.normalise_obs).to(scenario.device)
 
 
 class MultiAgentActorCritic(nn.Module):
@@ -87,7 +101,7 @@ class MultiAgentActorCritic(nn.Module):
 
     def squash(self, pre_action: torch.Tensor) -> torch.Tensor:
         """Environment action ``low + (high - low) * sigmoid(u)``."""
-        return self.action_low + (self.action_high - self.action_low) * torch.sigmoid(pre_action)
+        return squash(pre_action, self.action_low, self.action_high)
 
     def deterministic_action(self, obs: torch.Tensor) -> torch.Tensor:
         """The action map the environment receives from the mean, ``(B, N, D) -> (B, N, A)``."""

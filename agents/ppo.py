@@ -11,6 +11,7 @@ import dataclasses
 import torch
 
 from agents.policy import MultiAgentActorCritic
+from envs.batch import Batch
 
 
 @dataclasses.dataclass
@@ -98,20 +99,20 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
     return 0.5 * torch.max(unclipped, clipped).mean()
 
 
-def ppo_loss(policy: MultiAgentActorCritic, batch: dict[str, torch.Tensor],
+def ppo_loss(policy: MultiAgentActorCritic, batch: Batch,
              cfg: PPOConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO loss of a minibatch (every agent's terms averaged) and its statistics.
 
     ``batch``: ``obs`` ``(M, N, D)``, ``pre_actions`` ``(M, N, A)``, ``log_probs``, ``advantages``,
     ``returns``, ``values`` ``(M, N)``.
     """
-    new_log_probs, entropy, new_values = policy.evaluate(batch["obs"], batch["pre_actions"])
-    log_ratio = new_log_probs - batch["log_probs"]
-    advantages = batch["advantages"]
+    new_log_probs, entropy, new_values = policy.evaluate(batch.obs, batch.pre_actions)
+    log_ratio = new_log_probs - batch.log_probs
+    advantages = batch.advantages
     if cfg.normalise_advantages:
         advantages = (advantages - advantages.mean(0)) / (advantages.std(0) + 1e-8)
     policy_loss = clipped_surrogate(log_ratio, advantages, cfg.clip_coef)
-    v_loss = value_loss(new_values, batch["values"], batch["returns"], cfg.clip_coef if cfg.clip_value_loss else None)
+    v_loss = value_loss(new_values, batch.values, batch.returns, cfg.clip_coef if cfg.clip_value_loss else None)
     entropy_mean = entropy.mean()
     loss = policy_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy_mean
     with torch.no_grad():

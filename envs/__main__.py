@@ -33,7 +33,7 @@ def parse_assignments(assignments: list[str]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m envs", description=__doc__.splitlines()[0])
     parser.add_argument("--scenario", default="routing", help=f"one of {', '.join(sorted(SCENARIOS))}")
-    parser.add_argument("--preset", default="default", help="named size: tiny, default or large")
+    parser.add_argument("--preset", default="default", help="named size: small, default or large")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="scenario arguments")
     parser.add_argument("--num-envs", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)

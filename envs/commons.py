@@ -173,7 +173,7 @@ class Commons(Scenario):
     config_cls = CommonsConfig
     reference_names = ("msy", "mey", "open_access")
     presets: ClassVar[dict[str, dict[str, Any]]] = {
-        "tiny": {"n_agents": 2, "n_resources": 2, "horizon": 8},
+        "small": {"n_agents": 2, "n_resources": 2, "horizon": 8},
         "default": {"n_agents": 4, "n_resources": 4, "horizon": 100},
         "large": {"n_agents": 16, "n_resources": 64, "horizon": 100},
     }

@@ -350,7 +350,7 @@ class Compute(Scenario):
     reference_names = ("fluid_optimal", "proportional")
     spike_features = ("peer_load",)
     presets: ClassVar[dict[str, dict[str, Any]]] = {
-        "tiny": {"n_agents": 2, "n_servers": 2, "horizon": 8},
+        "small": {"n_agents": 2, "n_servers": 2, "horizon": 8},
         "default": {"n_agents": 4, "n_servers": 4, "horizon": 100},
         "large": {"n_agents": 16, "n_servers": 64, "horizon": 100},
     }

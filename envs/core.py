@@ -153,7 +153,7 @@ class Scenario(abc.ABC):
     reference_names: ClassVar[tuple[str, ...]]
     # Names of the observation features a "demand spike" shock pushes up (used by the shock module).
     spike_features: ClassVar[tuple[str, ...]] = ()
-    # Named keyword sets: "tiny" (tests), "default", "large" (N=16, M=64 or more).
+    # Named keyword sets: "small" (tests), "default", "large" (N=16, M=64 or more).
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
 
     obs_dim: int

@@ -404,7 +404,7 @@ class Routing(Scenario):
     reference_names = OBJECTIVES
     spike_features = ("total_demand",)
     presets: ClassVar[dict[str, dict[str, Any]]] = {
-        "tiny": {"n_agents": 2, "n_paths": 2, "horizon": 8},
+        "small": {"n_agents": 2, "n_paths": 2, "horizon": 8},
         # the parallel layout with M = 4 links (the defaults), so that ``layout=...`` may override it
         "default": {"n_agents": 4, "horizon": 100},
         "large": {"n_agents": 16, "n_paths": 64, "horizon": 100},

@@ -118,7 +118,7 @@ class ShockedVectorEnv:
                  seed: int | None = None) -> None:
         self.env, self.policy, self.config, self.value_fn = env, policy, config, value_fn
         self.scenario = env.scenario
-        self.num_envs, self.device = env.num_envs, env.device
+        self.num_envs, self.device, self.max_steps = env.num_envs, env.device, env.max_steps
         self.generator = make_generator(seed, env.device)
         self.clean_obs: torch.Tensor | None = None
         self.last_shock_info: dict[str, torch.Tensor] = {}

@@ -113,19 +113,48 @@ class TorchVectorEnv:
         return "\n".join(lines)
 
 
+class Episode(NamedTuple):
+    """One episode of B environments, step by step (what ``run_episode`` returns)."""
+
+    rewards: torch.Tensor  # (T, B, N)
+    system_loss: torch.Tensor  # (T, B)
+    info: dict[str, torch.Tensor]  # (T, B) per key: the scenario's diagnostics (and a wrapper's, e.g. shocks)
+    states: list[State]  # the T states before each step
+
+
+def run_episode(env, act: Callable[[torch.Tensor, State], torch.Tensor], seed: int) -> Episode:
+    """Play one episode in every environment of ``env`` (a ``TorchVectorEnv`` with ``auto_reset=False``, or
+    a wrapper with its interface such as ``envs.shock_wrapper.ShockedVectorEnv``) from ``reset(seed)``.
+
+    ``act(obs (B, N, D), state) -> actions (B, N, A)`` sees what the agents observe (shocked, under a
+    shock wrapper) and the true state (what reference policies need). This is the one episode loop of
+    the evaluations and diagnostics; the learner's rollouts (auto-reset, sampling) have their own.
+    """
+    obs = env.reset(seed=seed)
+    rewards, losses, states, infos = [], [], [], []
+    for _ in range(env.max_steps):
+        states.append(env.state)
+        with torch.no_grad():
+            actions = act(obs, env.state)
+        result = env.step(actions)
+        rewards.append(result.rewards)
+        losses.append(result.system_loss)
+        infos.append(result.info)
+        obs = result.obs
+    info = {key: torch.stack([step[key] for step in infos]) for key in infos[0] if key != "final_obs"}
+    return Episode(torch.stack(rewards), torch.stack(losses), info, states)
+
+
 def evaluate_policy(scenario: Scenario, policy: Callable[[State], torch.Tensor], num_envs: int,
                     seed: int) -> dict[str, float]:
     """Per-step means of the system loss and of the scenario's diagnostics over one episode of
     ``num_envs`` environments seeded with ``seed`` (the same exogenous draws for every policy), for
     ``policy(state) -> actions (B, N, A)``; ``final/<name>`` is a diagnostic's mean at the last step."""
-    generator = make_generator(seed, scenario.device)
-    state = scenario.reset(num_envs, generator)
-    totals: dict[str, torch.Tensor] = {}
-    for _ in range(scenario.horizon):
-        result = scenario.step(state, policy(state), generator)
-        for key, value in {"system_loss": result.system_loss, **result.info}.items():
-            totals[key] = totals.get(key, 0.0) + value.mean()
-        state = result.state
-    out = {key: float(value) / scenario.horizon for key, value in totals.items()}
-    out.update({f"final/{key}": float(value.mean()) for key, value in result.info.items()})
+    env = TorchVectorEnv(scenario, num_envs=num_envs, auto_reset=False)
+    episode = run_episode(env, lambda obs, state: policy(state), seed)
+    out = {}
+    for key, per_step in {"system_loss": episode.system_loss, **episode.info}.items():
+        total = sum((step.mean() for step in per_step), 0.0)  # step by step, as the per-step means accrue
+        out[key] = float(total) / env.max_steps
+    out.update({f"final/{key}": float(value[-1].mean()) for key, value in episode.info.items()})
     return out

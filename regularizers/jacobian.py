@@ -19,28 +19,24 @@ from __future__ import annotations
 
 import torch
 
+from envs.batch import Batch
 from envs.shocks import pga, system_objective
 from regularizers.jvp import jvp_norms, penalty_from_norms
 
 
-def batch_state(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The scenario state stored in a minibatch under ``state/<key>``."""
-    return {key[len("state/"):]: value for key, value in batch.items() if key.startswith("state/")}
-
-
-def per_agent_system_objective(policy, batch: dict[str, torch.Tensor], scenario):
+def per_agent_system_objective(policy, batch: Batch, scenario):
     """The minibatch observations in the scenario's dtype and ``g(delta)`` ``(M, N)``: the system
     loss when agent i alone acts on its shocked observation (``envs.shocks.system_objective``)."""
-    obs = batch["obs"].to(scenario.dtype)
+    obs = batch.obs.to(scenario.dtype)
     policy_dtype = policy.log_std.dtype
 
     def action_map(x: torch.Tensor) -> torch.Tensor:
         return policy.deterministic_action(x.to(policy_dtype)).to(x.dtype)
 
-    return obs, system_objective(scenario, batch_state(batch), obs, action_map, "per_agent")
+    return obs, system_objective(scenario, batch.state, obs, action_map, "per_agent")
 
 
-def aajr_trajectory(policy, batch: dict[str, torch.Tensor], scenario, eps: float, steps: int, norm: str = "l2",
+def aajr_trajectory(policy, batch: Batch, scenario, eps: float, steps: int, norm: str = "l2",
                     step_size: float | None = None):
     """Per-agent PGA on the system loss at the minibatch states (in the scenario's dtype): the points
     ``s + delta_t`` and the directions ``u_t`` of eq. 20, with the trajectory itself."""
@@ -51,12 +47,12 @@ def aajr_trajectory(policy, batch: dict[str, torch.Tensor], scenario, eps: float
     return points, trajectory.directions.to(policy.log_std.dtype), trajectory
 
 
-def aajr_penalty(policy, batch: dict[str, torch.Tensor], scenario, eps: float, steps: int,
+def aajr_penalty(policy, batch: Batch, scenario, eps: float, steps: int,
                  norm: str = "l2", step_size: float | None = None,
                  budget: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """AAJR (eq. 20): Jacobian-vector norms along the per-agent PGA trajectory of the system loss.
 
-    ``batch``: ``obs`` ``(M, N, D)`` and the scenario state under ``state/<key>``. Diagnostics: mean
+    ``batch``: ``obs`` ``(M, N, D)`` and the scenario ``state``. Diagnostics: mean
     and max ``||J u_t||`` and the mean PGA gain ``g(delta_K) - g(0)``.
     """
     points, directions, trajectory = aajr_trajectory(policy, batch, scenario, eps, steps, norm, step_size)
@@ -73,10 +69,10 @@ def random_unit_directions(shape: tuple[int, ...], generator: torch.Generator, d
     return directions / directions.norm(dim=-1, keepdim=True)
 
 
-def global_jacobian_penalty(policy, batch: dict[str, torch.Tensor], steps: int, generator: torch.Generator,
+def global_jacobian_penalty(policy, batch: Batch, steps: int, generator: torch.Generator,
                             budget: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Frobenius-norm estimator: ``||J_i(s) u||^2`` at the states along K random unit directions each."""
-    obs = batch["obs"]
+    obs = batch.obs
     directions = random_unit_directions((steps, *obs.shape), generator, obs.device, obs.dtype)
     norms = jvp_norms(policy.deterministic_action, obs.unsqueeze(0).expand(steps, *obs.shape), directions)
     detached = norms.detach()

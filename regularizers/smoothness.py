@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import torch
 
+from envs.batch import Batch
 from envs.shocks import action_objective, pga
 from regularizers.jvp import penalty_from_norms
 
 
-def smoothness_penalty(policy, batch: dict[str, torch.Tensor], mask: torch.Tensor | None, eps: float, steps: int,
+def smoothness_penalty(policy, batch: Batch, mask: torch.Tensor | None, eps: float, steps: int,
                        generator: torch.Generator, norm: str = "l2", step_size: float | None = None,
                        budget: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """The smoothness penalty and diagnostics (mean/max action change ``||pi(s + delta*) - pi(s)||``,
@@ -27,7 +28,7 @@ def smoothness_penalty(policy, batch: dict[str, torch.Tensor], mask: torch.Tenso
 
     :param mask: the shock channels (``scenario.shock_mask``), or None for every feature.
     """
-    obs = batch["obs"]
+    obs = batch.obs
     action_map = policy.deterministic_action
     objective = action_objective(obs.detach(), action_map, "per_agent")
     trajectory = pga(objective, tuple(obs.shape), eps, norm, steps, step_size,

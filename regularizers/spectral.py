@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 from torch.func import jvp, vjp
 
+from envs.batch import Batch
 from regularizers.jvp import jvp_norms, penalty_from_norms
 
 
@@ -33,11 +34,11 @@ def top_singular_directions(action_map: Callable[[torch.Tensor], torch.Tensor], 
     return v
 
 
-def spectral_penalty(policy, batch: dict[str, torch.Tensor], iterations: int, generator: torch.Generator,
+def spectral_penalty(policy, batch: Batch, iterations: int, generator: torch.Generator,
                      budget: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Penalty on the spectral norm: ``||J_i(s) v_i||^2`` along the power-iteration direction
     (``||J_i||_2^2`` at convergence), or its hinge against a global budget gamma."""
-    obs = batch["obs"]
+    obs = batch.obs
     with torch.no_grad():
         directions = top_singular_directions(policy.deterministic_action, obs, iterations, generator)
     norms = jvp_norms(policy.deterministic_action, obs.unsqueeze(0), directions.unsqueeze(0))

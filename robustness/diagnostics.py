@@ -17,28 +17,29 @@ from __future__ import annotations
 
 import torch
 
+from envs.batch import Batch
 from envs.core import make_generator
+from envs.vector import TorchVectorEnv, run_episode
 from regularizers.jacobian import aajr_trajectory, per_agent_system_objective
 from regularizers.jvp import jvp_norms
 from regularizers.spectral import top_singular_directions
 
 
-def evaluation_states(scenario, policy, episodes: int, max_states: int, seed: int) -> dict[str, torch.Tensor]:
+def evaluation_states(scenario, policy, episodes: int, max_states: int, seed: int) -> Batch:
     """States visited by the deterministic policy in ``episodes`` nominal episodes, subsampled
-    uniformly to at most ``max_states``: a minibatch ``{"obs", "state/<key>"}``."""
-    generator = make_generator(seed, scenario.device)
-    state = scenario.reset(episodes, generator)
-    visited = []
-    for _ in range(scenario.horizon):
-        visited.append(state)
-        with torch.no_grad():
-            actions = policy.deterministic_action(scenario.observe(state).float()).to(scenario.dtype)
-        state = scenario.step(state, actions, generator).state
-    stacked = {key: torch.cat([s[key] for s in visited]) for key in visited[0]}
-    total = next(iter(stacked.values())).shape[0]
-    keep = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:max_states].to(scenario.device)
-    states = {key: value[keep] for key, value in stacked.items()}
-    return {"obs": scenario.observe(states).float(), **{f"state/{key}": value for key, value in states.items()}}
+    uniformly to at most ``max_states``: a ``Batch`` of their observations, actions and states."""
+    env = TorchVectorEnv(scenario, num_envs=episodes, auto_reset=False)
+    actions = []
+
+    def act(obs: torch.Tensor, state) -> torch.Tensor:
+        actions.append(policy.deterministic_action(obs.float()).to(scenario.dtype))
+        return actions[-1]
+
+    episode = run_episode(env, act, seed)
+    visited = Batch.from_steps(episode.states, actions=actions,
+                               obs=[scenario.observe(state).float() for state in episode.states])
+    keep = torch.randperm(len(visited), generator=torch.Generator().manual_seed(seed))[:max_states]
+    return visited[keep.to(scenario.device)]
 
 
 def curvature_along_steps(objective, deltas: torch.Tensor) -> torch.Tensor:
@@ -57,7 +58,7 @@ def curvature_along_steps(objective, deltas: torch.Tensor) -> torch.Tensor:
     return torch.stack(curvatures)
 
 
-def theory_diagnostics(scenario, policy, batch: dict[str, torch.Tensor], eps: float, steps: int, norm: str = "l2",
+def theory_diagnostics(scenario, policy, batch: Batch, eps: float, steps: int, norm: str = "l2",
                        budget: float | None = None, power_iterations: int = 20, seed: int = 0) -> dict[str, float]:
     """The diagnostics of the module docstring on the minibatch of states ``batch``.
 
@@ -66,7 +67,7 @@ def theory_diagnostics(scenario, policy, batch: dict[str, torch.Tensor], eps: fl
     points, directions, trajectory = aajr_trajectory(policy, batch, scenario, eps, steps, norm)
     with torch.no_grad():
         directional = jvp_norms(policy.deterministic_action, points, directions)  # (K, M, N)
-        obs = batch["obs"]
+        obs = batch.obs
         top = top_singular_directions(policy.deterministic_action, obs, power_iterations,
                                       make_generator(seed, obs.device))
         global_norm = jvp_norms(policy.deterministic_action, obs.unsqueeze(0), top.unsqueeze(0))[0]  # (M, N)

@@ -10,17 +10,16 @@ scenario's reference optimum (``agents.evaluate.TARGET_REFERENCE``) on the same 
 from __future__ import annotations
 
 import dataclasses
-import pathlib
+import functools
 from typing import Any
 
 import torch
-import yaml
 
 from agents.evaluate import TARGET_REFERENCE
 from envs.core import check_choice, check_positive_int, check_real
 from envs.shock_wrapper import ATTACKS, ShockConfig, ShockedVectorEnv
 from envs.shocks import MODES, NORMS
-from envs.vector import TorchVectorEnv, evaluate_policy
+from envs.vector import TorchVectorEnv, evaluate_policy, run_episode
 
 DEFAULT_EPS = (0.0, 0.05, 0.1, 0.2, 0.3)
 EVAL_SEED = 20_000  # evaluation episodes never reuse training seeds
@@ -64,16 +63,10 @@ def play(env: TorchVectorEnv, policy, shock: ShockConfig | None, seed: int) -> d
     stepper = env if shock is None else ShockedVectorEnv(
         env, lambda obs: policy.deterministic_action(obs.float()).to(obs.dtype), shock,
         value_fn=lambda obs: policy.value(obs.float()), seed=seed)
-    obs = stepper.reset(seed=seed)
-    returns = torch.zeros(env.num_envs, env.n_agents, device=env.device)
-    losses = torch.zeros(env.num_envs, device=env.device)
-    for _ in range(env.max_steps):
-        with torch.no_grad():
-            actions = policy.deterministic_action(obs.float()).to(env.scenario.dtype)
-        result = stepper.step(actions)
-        returns += result.rewards.float()
-        losses += result.system_loss.float()
-        obs = result.obs
+    episode = run_episode(stepper, lambda obs, state: policy.deterministic_action(obs.float()).to(env.scenario.dtype),
+                          seed)
+    returns = functools.reduce(torch.add, episode.rewards.float().unbind(0))  # (B, N), summed step by step
+    losses = functools.reduce(torch.add, episode.system_loss.float().unbind(0))
     return {"return_per_agent": float(returns.mean()), "system_loss": float(losses.mean()) / env.max_steps}
 
 
@@ -102,16 +95,3 @@ def evaluate_under_attacks(scenario, policy, grid: AttackGrid, seed: int = EVAL_
                                         prob=1.0)
                     rows.append(row(attack, mode, eps, play(env, policy, shock, seed)))
     return rows
-
-
-def load_trained(run_dir: pathlib.Path, device: str = "cpu"):
-    """The config, scenario and policy of a finished (or checkpointed) ``train.py`` run directory."""
-    import train  # the run directory layout is train.py's
-    from agents.config import resolve
-
-    config = resolve(yaml.safe_load((run_dir / "config.yaml").read_text()))
-    config = dataclasses.replace(config, device=device)
-    learner = train.build_learner(config)
-    learner.load_state_dict(train.load_checkpoint(run_dir, device))
-    learner.policy.eval()
-    return config, learner.env.scenario, learner.policy

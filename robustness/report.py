@@ -40,6 +40,8 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
+from regularizers import METHODS
+from robustness import MissingResultsError, ReportError
 from robustness.stats import BOOTSTRAP_SEED, CONFIDENCE, REPS, Estimate, aggregate, describe, differences_to_baseline
 
 CELL = ("scenario", "method", "reg_coef", "seed")
@@ -49,7 +51,6 @@ DIAGNOSTICS = ("jvp_norm_mean", "jvp_norm_max", "global_norm_mean", "budget", "f
                "curvature_mean", "curvature_max", "nonmonotone_rate", "eval_states")
 TEXT_COLUMNS = ("scenario", "method", "attack", "mode")
 INTEGER_COLUMNS = ("seed", "ratio_higher_is_better", "eval_states")
-METHOD_ORDER = ("ppo", "aajr", "jacobian", "spectral", "specnorm", "smooth", "adv", "aajr+adv")
 BASELINE = "ppo"
 ROBUSTNESS_KEYS = ("scenario", "attack", "mode", "method", "reg_coef", "eps")
 ROBUSTNESS_QUANTITIES = {"return_per_agent": "Return per agent (higher is better)",
@@ -62,11 +63,11 @@ def read_table(path: pathlib.Path, keys: Sequence[str], values: Sequence[str]) -
     """The rows of a results CSV as dicts; a missing column, a missing/NaN/non-numeric value or a
     duplicated cell is an error naming it. Other columns are ignored."""
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found")
+        raise MissingResultsError(f"{path} not found")
     raw = pd.read_csv(path, dtype=str, keep_default_na=False)  # attack "none" stays a string
     missing = [column for column in (*keys, *values) if column not in raw.columns]
     if missing:
-        raise ValueError(f"{path.name}: missing column(s) {', '.join(missing)}")
+        raise ReportError(f"{path.name}: missing column(s) {', '.join(missing)}")
     raw = raw[[*keys, *values]]
 
     def where(row: int) -> str:
@@ -80,12 +81,12 @@ def read_table(path: pathlib.Path, keys: Sequence[str], values: Sequence[str]) -
         bad = frame[column].isna().to_numpy()
         if bad.any():
             row = int(bad.argmax())
-            raise ValueError(f"{path.name}: column {column!r} is missing, NaN or not a number "
+            raise ReportError(f"{path.name}: column {column!r} is missing, NaN or not a number "
                              f"({raw[column].iat[row]!r}) in {where(row)}")
         frame[column] = frame[column].astype(int if column in INTEGER_COLUMNS else float)
     duplicated = frame.duplicated(list(keys)).to_numpy()
     if duplicated.any():
-        raise ValueError(f"{path.name}: duplicated cell in {where(int(duplicated.argmax()))}")
+        raise ReportError(f"{path.name}: duplicated cell in {where(int(duplicated.argmax()))}")
     return frame.to_dict("records")
 
 
@@ -102,10 +103,10 @@ class Provenance:
     def read(cls, results_dir: pathlib.Path, report_command: str, reps: int) -> Provenance:
         path = results_dir / "run.json"
         if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: every table and figure must record the benchmark command")
+            raise MissingResultsError(f"{path} not found: every table and figure must record the benchmark command")
         run = json.loads(path.read_text())
         if not run.get("command"):
-            raise ValueError(f"{path}: missing 'command'")
+            raise ReportError(f"{path}: missing 'command'")
         return cls(str(run["command"]), str(run.get("preset", "-")), report_command, reps)
 
     @property
@@ -135,9 +136,11 @@ def unique(values: Iterable[Any]) -> list[Any]:
 
 
 def method_key(cell: tuple[str, float]) -> tuple:
-    """Sort key of a (method, reg_coef) pair: METHOD_ORDER first, then by name, then by lambda."""
+    """Sort key of a (method, reg_coef) pair: the method's place in the registry (``regularizers.METHODS``)
+    first, then by name, then by lambda."""
     method, coef = cell
-    return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method, coef)
+    order = list(METHODS)
+    return (order.index(method) if method in order else len(order), method, coef)
 
 
 class Labels:
@@ -174,7 +177,7 @@ def estimate_rows(estimates: dict[tuple, Estimate], keys: Sequence[str], quantit
 def ratio_note(evals: list[dict[str, Any]], scenario: str) -> str:
     directions = {row["ratio_higher_is_better"] for row in evals if row["scenario"] == scenario}
     if len(directions) != 1:
-        raise ValueError(f"evaluations.csv: ratio_higher_is_better is not constant for scenario={scenario}")
+        raise ReportError(f"evaluations.csv: ratio_higher_is_better is not constant for scenario={scenario}")
     return ("fraction of the reference welfare, higher is better" if directions.pop()
             else "cost relative to the reference optimum, lower is better, 1 = optimal")
 
@@ -208,7 +211,7 @@ def price_tables(evals: list[dict[str, Any]], labels: Labels, attack: str, mode:
     nominal = [row for row in rows if row["eps"] == 0]
     attacked = [row for row in rows if row["eps"] > 0]
     if not nominal or not attacked:
-        raise ValueError(f"evaluations.csv: the Price of Robustness needs eps = 0 and eps > 0 rows for "
+        raise ReportError(f"evaluations.csv: the Price of Robustness needs eps = 0 and eps > 0 rows for "
                          f"attack={attack}, mode={mode}")
     value, baseline = "return_per_agent", {"method": BASELINE}
     lost = [{**row, value: 0.0 - row[value]}  # 0.0 - d: the baseline's own PoR prints as 0, not -0
@@ -384,7 +387,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--attack", default="system", help="strongest attack, for the Price of Robustness")
     parser.add_argument("--mode", default="shared", help="its shock mode")
     args = parser.parse_args(argv)
-    for path in write_report(args.results_dir, args.reps, args.attack, args.mode):
+    try:
+        paths = write_report(args.results_dir, args.reps, args.attack, args.mode)
+    except ReportError as error:
+        raise SystemExit(f"error: {error}") from None
+    for path in paths:
         print(path)
 
 

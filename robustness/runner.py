@@ -1,7 +1,7 @@
 """The benchmark grid: scenarios x methods x lambda x seeds, each cell trained, attacked and diagnosed.
 
 A cell's work (``run_cell``) is a pure function of the cell and the benchmark config: it trains with
-``train.py``'s machinery in ``RESULTS/runs/<cell>`` (resuming from the cell's checkpoint when a
+``agents.run.train`` in the run directory ``RESULTS/runs/<cell>`` (resuming from the cell's checkpoint when a
 previous attempt crashed), evaluates the trained policy under the attack grid, computes the theory
 diagnostics, and writes ``RESULTS/cells/<cell>.json`` atomically. A cell whose JSON exists is done
 and never re-run, so a killed runner started again finishes the grid with the same numbers. Every
@@ -21,9 +21,10 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-import train  # the run-directory layout, atomic writes and the training loop are train.py's
-from agents.config import METHODS, ConfigError, parse_overrides
+from agents.config import ConfigError, parse_overrides, resolve
+from agents.run import CHECKPOINT, atomic_write, load_config, load_run, train
 from envs.core import SCENARIOS
+from regularizers import METHODS
 from robustness.diagnostics import evaluation_states, theory_diagnostics
 from robustness.evaluate import AttackGrid, evaluate_under_attacks
 
@@ -35,7 +36,7 @@ class BenchmarkConfig:
     """The grid and how each cell is trained and evaluated.
 
     :param scenarios: scenario names.
-    :param methods: training methods (``agents.config.METHODS``).
+    :param methods: training methods (``regularizers.METHODS``).
     :param seeds: training seeds.
     :param reg_coefs: lambda values of the methods with a penalty (others run once, lambda 0).
     :param size: config section of every scenario (``small``, ``default``, ``large``).
@@ -112,8 +113,6 @@ def grid_cells(config: BenchmarkConfig) -> list[Cell]:
 
 def run_cell(cell: Cell, config: BenchmarkConfig, results_dir: pathlib.Path | str) -> dict[str, Any]:
     """Train (or resume), evaluate and diagnose one cell; writes and returns its result."""
-    from robustness.evaluate import load_trained
-
     torch.set_num_threads(1)
     results_dir = pathlib.Path(results_dir)
     out = results_dir / "cells" / f"{cell.name}.json"
@@ -123,15 +122,13 @@ def run_cell(cell: Cell, config: BenchmarkConfig, results_dir: pathlib.Path | st
     overrides = parse_overrides([f"scenario={cell.scenario}", f"size={config.size}", f"method={cell.method}",
                                  f"seed={cell.seed}", *config.overrides]
                                 + ([f"reg_coef={cell.reg_coef}"] if METHODS[cell.method].penalty else []))
-    if (run_dir / train.CHECKPOINT).exists():
-        train_config, _ = train.prepare_run({}, None, run_dir)
-        summary = train.train(train_config, run_dir, resume=True, progress=False)
+    if (run_dir / CHECKPOINT).exists():
+        summary = train(load_config(run_dir), run_dir, resume=True, progress=False)
     else:
-        train_config, _ = train.prepare_run(overrides, run_dir, None)
-        summary = train.train(train_config, run_dir, progress=False)
+        summary = train(resolve(overrides), run_dir, progress=False)
     if summary is None:
         raise RuntimeError(f"cell {cell.name}: training stopped before the end")
-    _, scenario, policy = load_trained(run_dir)
+    _, scenario, policy = load_run(run_dir)
     evaluations = evaluate_under_attacks(scenario, policy, config.attack)
     batch = evaluation_states(scenario, policy, config.attack.episodes, config.diag_states, seed=cell.seed)
     diagnostics = theory_diagnostics(scenario, policy, batch, config.diag_eps, config.diag_steps, seed=cell.seed)
@@ -140,7 +137,7 @@ def run_cell(cell: Cell, config: BenchmarkConfig, results_dir: pathlib.Path | st
                            "agent_steps": summary["agent_steps"]}}
     out.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(result, indent=1)
-    train.atomic_write(out, lambda tmp: tmp.write_text(text))
+    atomic_write(out, lambda tmp: tmp.write_text(text))
     return result
 
 
@@ -200,7 +197,7 @@ def run_grid(config: BenchmarkConfig, results_dir: pathlib.Path, backend: str = 
             raise ConfigError(f"{results_dir} holds the results of another grid (see {run_file}); "
                               f"use another --out")
     text = json.dumps(record, indent=1)
-    train.atomic_write(run_file, lambda tmp: tmp.write_text(text))
+    atomic_write(run_file, lambda tmp: tmp.write_text(text))
     cells = grid_cells(config)
     pending = [cell for cell in cells if not (results_dir / "cells" / f"{cell.name}.json").exists()]
     finished = len(cells) - len(pending)
@@ -236,4 +233,4 @@ def merge_results(results_dir: pathlib.Path, cells: Iterable[Cell]) -> None:
                 writer = csv.DictWriter(f, fieldnames=list(rows[0]))
                 writer.writeheader()
                 writer.writerows(rows)
-        train.atomic_write(results_dir / name, write_csv)
+        atomic_write(results_dir / name, write_csv)

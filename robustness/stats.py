@@ -29,6 +29,8 @@ import numpy as np
 from rliable import library
 from scipy.stats import trim_mean
 
+from robustness import ReportError
+
 CONFIDENCE = 0.95
 REPS = 2000
 BOOTSTRAP_SEED = 0
@@ -60,10 +62,10 @@ def iqm_cis(scores: np.ndarray, cells: Sequence[str], reps: int = REPS, seed: in
     """
     scores = np.asarray(scores, dtype=float)
     if scores.ndim != 3 or scores.shape[2] != len(cells) or scores.size == 0:
-        raise ValueError(f"expected a non-empty runs x tasks x cells array for {len(cells)} cells, got {scores.shape}")
+        raise ReportError(f"expected a non-empty runs x tasks x cells array for {len(cells)} cells, got {scores.shape}")
     bad = np.flatnonzero(~np.isfinite(scores).all(axis=(0, 1)))
     if bad.size:
-        raise ValueError("NaN or infinite score in " + "; ".join(cells[i] for i in bad))
+        raise ReportError("NaN or infinite score in " + "; ".join(cells[i] for i in bad))
     state = np.random.get_state()
     np.random.seed(seed)
     try:
@@ -82,7 +84,7 @@ def iqm_ci(scores: np.ndarray, cell: str = "scores", reps: int = REPS, seed: int
     if scores.ndim == 1:
         scores = scores[:, None]
     if scores.ndim != 2:
-        raise ValueError(f"{cell}: expected runs or runs x tasks scores, got shape {scores.shape}")
+        raise ReportError(f"{cell}: expected runs or runs x tasks scores, got shape {scores.shape}")
     return iqm_cis(scores[..., None], [cell], reps, seed)[0]
 
 
@@ -119,14 +121,14 @@ def differences_to_baseline(rows: Sequence[Mapping[str, Any]], value: str, match
         if all(row[key] == item for key, item in baseline.items()):
             key = tuple(row[k] for k in match)
             if key in reference:
-                raise ValueError(f"several baseline rows ({describe(list(baseline), list(baseline.values()))}) "
+                raise ReportError(f"several baseline rows ({describe(list(baseline), list(baseline.values()))}) "
                                  f"at {describe(match, key)}: the baseline must be unique")
             reference[key] = float(row[value])
     paired = []
     for row in rows:
         key = tuple(row[k] for k in match)
         if key not in reference:
-            raise ValueError(f"no baseline row ({describe(list(baseline), list(baseline.values()))}) at "
+            raise ReportError(f"no baseline row ({describe(list(baseline), list(baseline.values()))}) at "
                              f"{describe(match, key)} to pair {describe(list(row), list(row.values()))} with")
         paired.append({**row, value: float(row[value]) - reference[key]})
     return paired

@@ -16,7 +16,7 @@ from envs.gym_env import JointVectorEnv
 from envs.pettingzoo_env import make_aec_env, make_parallel_env
 
 SCENARIO_NAMES = sorted(envs.SCENARIOS)
-SIZES = ("tiny", "default")
+SIZES = ("small", "default")
 
 
 def preset(name: str, size: str) -> dict:
@@ -45,7 +45,7 @@ def test_pettingzoo_api(name, size):
 def test_pettingzoo_module_conventions(name):
     module = getattr(envs, name)
     max_cycles_test(module)
-    render_test(lambda render_mode: module.env(render_mode=render_mode, **preset(name, "tiny")))
+    render_test(lambda render_mode: module.env(render_mode=render_mode, **preset(name, "small")))
     assert isinstance(pettingzoo.make("parallel", envs.GYM_IDS[name]), pettingzoo.ParallelEnv)
     assert isinstance(pettingzoo.make("aec", envs.GYM_IDS[name]), pettingzoo.AECEnv)
 
@@ -74,7 +74,7 @@ def test_observations_stay_in_space_for_a_whole_episode(name, size):
 
 @pytest.mark.parametrize("name", SCENARIO_NAMES)
 def test_full_episode_determinism(name):
-    kwargs = preset(name, "tiny")
+    kwargs = preset(name, "small")
     first = random_episode(make_parallel_env(name, **kwargs), seed=11)
     second = random_episode(make_parallel_env(name, **kwargs), seed=11)
     other = random_episode(make_parallel_env(name, **kwargs), seed=12)
@@ -88,7 +88,7 @@ def test_full_episode_determinism(name):
 
 @pytest.mark.parametrize("name", SCENARIO_NAMES)
 def test_batched_and_pettingzoo_forms_give_identical_trajectories(name):
-    kwargs = preset(name, "tiny")
+    kwargs = preset(name, "small")
     parallel = make_parallel_env(name, **kwargs)
     batched = envs.TorchVectorEnv(name, num_envs=1, seed=5, auto_reset=False, **kwargs)
     obs_pz, _ = parallel.reset(seed=5)
@@ -108,7 +108,7 @@ def test_batched_and_pettingzoo_forms_give_identical_trajectories(name):
 @pytest.mark.parametrize("name", SCENARIO_NAMES)
 def test_gymnasium_registered_ids(name):
     env_id = envs.GYM_IDS[name]
-    env = gymnasium.make(f"envs:{env_id}", **preset(name, "tiny"))
+    env = gymnasium.make(f"envs:{env_id}", **preset(name, "small"))
     check_env(env.unwrapped, skip_render_check=False)
     obs, _ = env.reset(seed=0)
     obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
@@ -119,7 +119,7 @@ def test_gymnasium_registered_ids(name):
 
 @pytest.mark.parametrize("name", SCENARIO_NAMES)
 def test_make_vec_returns_native_batched_env(name):
-    kwargs = preset(name, "tiny")
+    kwargs = preset(name, "small")
     vec = gymnasium.make_vec(envs.GYM_IDS[name], num_envs=6, vectorization_mode="vector_entry_point", **kwargs)
     assert isinstance(vec, JointVectorEnv)
     obs, _ = vec.reset(seed=1)
@@ -138,7 +138,7 @@ def test_make_vec_returns_native_batched_env(name):
 
 @pytest.mark.parametrize("name", SCENARIO_NAMES)
 def test_out_of_box_actions_are_clipped_identically_in_every_form(name):
-    kwargs = preset(name, "tiny")
+    kwargs = preset(name, "small")
     scenario = envs.make_scenario(name, **kwargs)
     low = scenario.action_low.numpy()
     high = scenario.action_high.numpy()
@@ -163,7 +163,7 @@ def test_out_of_box_actions_are_clipped_identically_in_every_form(name):
 
 @pytest.mark.parametrize("name", SCENARIO_NAMES)
 def test_bad_actions_raise_clear_errors(name):
-    kwargs = preset(name, "tiny")
+    kwargs = preset(name, "small")
     env = make_parallel_env(name, **kwargs)
     env.reset(seed=0)
     good = {a: env.action_space(a).sample() for a in env.agents}
@@ -208,7 +208,7 @@ def test_unknown_scenario_names_are_listed():
 
 @pytest.mark.parametrize("name", SCENARIO_NAMES)
 def test_system_loss_gradient_matches_finite_differences(name):
-    scenario = envs.make_scenario(name, dtype=torch.float64, **preset(name, "tiny"))
+    scenario = envs.make_scenario(name, dtype=torch.float64, **preset(name, "small"))
     generator = envs.make_generator(0)
     state = scenario.reset(4, generator)
     for _ in range(3):  # move away from the initial state

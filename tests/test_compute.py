@@ -213,7 +213,7 @@ def test_flooding_a_congested_server_pays_selfishly_and_hurts_the_others():
 
 
 def test_large_batch_steps_stay_in_bounds():
-    scenario = make_scenario("compute", **Compute.presets["tiny"])  # float32
+    scenario = make_scenario("compute", **Compute.presets["small"])  # float32
     generator = make_generator(9)
     state = scenario.reset(1024, generator)
     for step in range(scenario.horizon):

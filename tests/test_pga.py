@@ -95,7 +95,7 @@ def test_final_value_within_one_percent_of_a_grid_maximum_in_two_dimensions():
 
 @pytest.mark.parametrize("name", sorted(envs.SCENARIOS))
 def test_pga_direction_equals_finite_difference_gradient_of_the_system_loss(name):
-    scenario = envs.make_scenario(name, dtype=torch.float64, **envs.SCENARIOS[name].presets["tiny"])
+    scenario = envs.make_scenario(name, dtype=torch.float64, **envs.SCENARIOS[name].presets["small"])
     state = scenario.reset(2, envs.make_generator(3))
     obs = scenario.observe(state)
     generator = torch.Generator().manual_seed(0)
@@ -150,7 +150,7 @@ def linear_policy(scenario, seed=0):
 @pytest.mark.parametrize("name", sorted(envs.SCENARIOS))
 def test_per_agent_system_objective_equals_a_loop_over_attacked_agents(name):
     from envs.shocks import system_objective
-    scenario = envs.make_scenario(name, dtype=torch.float64, **envs.SCENARIOS[name].presets["tiny"])
+    scenario = envs.make_scenario(name, dtype=torch.float64, **envs.SCENARIOS[name].presets["small"])
     state = scenario.reset(3, envs.make_generator(1))
     obs = scenario.observe(state)
     policy = linear_policy(scenario)
@@ -188,7 +188,7 @@ def test_action_and_value_objectives_and_spike_shock():
 @pytest.mark.parametrize("kind", ["system", "action", "value"])
 def test_pga_gradient_equals_finite_differences_for_each_objective(kind):
     from envs.shocks import action_objective, system_objective, value_objective
-    scenario = envs.make_scenario("compute", dtype=torch.float64, **envs.SCENARIOS["compute"].presets["tiny"])
+    scenario = envs.make_scenario("compute", dtype=torch.float64, **envs.SCENARIOS["compute"].presets["small"])
     state = scenario.reset(2, envs.make_generator(4))
     obs = scenario.observe(state)
     policy = linear_policy(scenario, seed=1)

@@ -218,7 +218,7 @@ def test_features_masks_and_presets():
     assert set(scenario.spike_features) <= shocked
     for name, kwargs in scenario.presets.items():
         size = make(**kwargs)
-        assert size.n_paths == {"tiny": 2, "default": 4, "large": 64}[name]
+        assert size.n_paths == {"small": 2, "default": 4, "large": 64}[name]
     assert make(**scenario.presets["default"], layout="pigou").n_paths == 2
 
 

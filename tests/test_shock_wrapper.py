@@ -22,7 +22,7 @@ def victim(scenario, seed=0):
 @pytest.mark.parametrize("mode", ["shared", "per_agent"])
 @pytest.mark.parametrize("name", sorted(envs.SCENARIOS))
 def test_batched_shocks_respect_ball_mask_and_mode(name, mode, objective):
-    kwargs = envs.SCENARIOS[name].presets["tiny"]
+    kwargs = envs.SCENARIOS[name].presets["small"]
     env = envs.TorchVectorEnv(name, num_envs=16, seed=0, **kwargs)
     scenario = env.scenario
     config = ShockConfig(eps=0.2, norm="l2", steps=3, objective=objective, mode=mode)
@@ -58,7 +58,7 @@ def test_probability_zero_never_shocks_and_pga_beats_random_on_average():
 
 @pytest.mark.parametrize("name", sorted(envs.SCENARIOS))
 def test_wrapped_parallel_env_passes_the_api_test(name):
-    kwargs = dict(envs.SCENARIOS[name].presets["tiny"])
+    kwargs = dict(envs.SCENARIOS[name].presets["small"])
     base = make_parallel_env(name, **kwargs)
     wrapped = ShockedParallelEnv(base, victim(base.scenario), ShockConfig(eps=0.1, steps=2, prob=0.5), seed=0)
     with warnings.catch_warnings():

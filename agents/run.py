@@ -1,0 +1,278 @@
+"""Runs: the run directory, its files, building a learner from a config, training, loading a policy.
+
+A run directory is the unit of results::
+
+    config.yaml     the resolved ``TrainConfig`` (``agents.config.to_dict``)
+    checkpoint.pt   everything needed to continue bit for bit (written atomically)
+    metrics.csv     one row per iteration (TensorBoard events in ``tb/`` as well)
+    summary.json    the final evaluation against the scenario's references
+
+    config = resolve(parse_overrides(["scenario=routing", "size=small"]))
+    summary = train(config, "runs/routing-small")        # None if stopped early (Ctrl-C)
+    policy = load_policy("runs/routing-small")           # the trained policy alone
+
+Every file is written to a temporary name and renamed, so a crash or an interrupt never leaves a
+half-written one; ``train(..., resume=True)`` continues from the checkpoint with the same numbers as an
+uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import json
+import math
+import os
+import pathlib
+import pickle
+import signal
+import sys
+from typing import Any, Callable, NamedTuple
+
+import torch
+import yaml
+
+from agents.config import ConfigError, TrainConfig, resolve, to_dict
+from agents.evaluate import summarise
+from agents.learner import PPOLearner
+from agents.policy import MultiAgentActorCritic, make_policy
+from agents.progress import progress_bar
+from envs.core import Scenario, make_scenario
+from envs.vector import TorchVectorEnv
+from regularizers import make_regularizer
+
+CONFIG = "config.yaml"
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.csv"
+SUMMARY = "summary.json"
+
+
+def atomic_write(path: pathlib.Path, write: Callable[[pathlib.Path], Any]) -> None:
+    """Write through ``write(tmp_path)`` then rename, so a crash never leaves a half-written file."""
+    path = pathlib.Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(run_dir: pathlib.Path, learner: PPOLearner) -> None:
+    atomic_write(pathlib.Path(run_dir) / CHECKPOINT, lambda tmp: torch.save(learner.state_dict(), tmp))
+
+
+def load_checkpoint(run_dir: pathlib.Path, device: str = "cpu") -> dict[str, Any]:
+    """The checkpoint's tensors and numbers, read with ``weights_only=True`` (no code is unpickled)."""
+    path = pathlib.Path(run_dir) / CHECKPOINT
+    if not path.is_file():
+        raise ConfigError(f"{path}: no checkpoint there")
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"{path}: not a readable checkpoint ({reason})") from None
+
+
+class MetricsLog:
+    """CSV (one row per iteration, columns fixed by the first row) plus TensorBoard when installed."""
+
+    def __init__(self, run_dir: pathlib.Path, keep_until_iteration: int) -> None:
+        self.path = pathlib.Path(run_dir) / METRICS
+        self.rows: list[dict[str, Any]] = []
+        if self.path.exists():  # on resume, drop rows written after the checkpoint
+            with self.path.open() as f:
+                self.rows = [row for row in csv.DictReader(f) if int(row["iteration"]) <= keep_until_iteration]
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tensorboard = SummaryWriter(str(pathlib.Path(run_dir) / "tb"))
+        except ImportError:
+            self.tensorboard = None
+
+    def write(self, iteration: int, metrics: dict[str, float]) -> None:
+        row = {"iteration": iteration, **{k: f"{v:.6g}" for k, v in sorted(metrics.items())}}
+        self.rows.append(row)
+        columns = list(dict.fromkeys(key for logged in self.rows for key in logged))
+
+        def write_csv(tmp: pathlib.Path) -> None:
+            with tmp.open("w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=columns, restval="")
+                writer.writeheader()
+                writer.writerows(self.rows)
+
+        atomic_write(self.path, write_csv)
+        if self.tensorboard is not None:
+            step = int(metrics.get("charts/agent_steps", iteration))
+            for key, value in metrics.items():
+                self.tensorboard.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+# ----- the run directory ---------------------------------------------------------------------------
+
+
+def default_run_dir(config: TrainConfig) -> pathlib.Path:
+    """``runs/<scenario>-<method>-seed<seed>-<time>``."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return pathlib.Path("runs") / f"{config.scenario}-{config.method}-seed{config.seed}-{stamp}"
+
+
+def create_run(config: TrainConfig, run_dir: pathlib.Path | str | None = None) -> pathlib.Path:
+    """Create the run directory (``default_run_dir`` when None) and write its ``config.yaml``; a
+    directory that already holds a run (a checkpoint) or is a file is refused."""
+    run_dir = default_run_dir(config) if run_dir is None else pathlib.Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"run directory {run_dir} is a file; choose another --run-dir")
+    if (run_dir / CHECKPOINT).exists():
+        raise ConfigError(f"{run_dir} already holds a run; use --resume {run_dir} or another --run-dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(to_dict(config), sort_keys=False)
+    atomic_write(run_dir / CONFIG, lambda tmp: tmp.write_text(text))
+    return run_dir
+
+
+def load_config(run_dir: pathlib.Path | str) -> TrainConfig:
+    """The resolved config of a run directory (its ``config.yaml``, validated again)."""
+    path = pathlib.Path(run_dir) / CONFIG
+    if not path.is_file():
+        raise ConfigError(f"{path}: no run config there (is {run_dir} a run directory?)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({getattr(error, 'problem', None) or error})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config fields, got {type(data).__name__}")
+    try:
+        return resolve(data)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+
+
+def check_device(device: str) -> None:
+    """Refuse a CUDA device on a machine without CUDA (one line, before anything is built)."""
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but CUDA is not available")
+
+
+# ----- building, training, loading -----------------------------------------------------------------
+
+
+def build_learner(config: TrainConfig) -> PPOLearner:
+    """The learner of a run config: environments, policy (with the method's architecture), penalty,
+    adversarial rollouts, optimizer; seeded by ``config.seed``."""
+    check_device(config.device)
+    try:
+        env = TorchVectorEnv(config.scenario, num_envs=config.ppo.num_envs, device=config.device,
+                             seed=config.seed, **config.env)
+    except ValueError as error:
+        raise ConfigError(f"env: {error}") from None
+    agent_steps_per_iteration = config.ppo.num_envs * config.ppo.rollout_steps * env.n_agents
+    iterations = max(1, math.ceil(config.total_agent_steps / agent_steps_per_iteration))
+    method = config.method_spec
+    penalty = None if method.penalty is None else make_regularizer(method.name, env.scenario, config.reg)
+    transform = None
+    if method.transform_policy is not None:
+        transform = lambda policy: method.transform_policy(policy, config.reg)  # noqa: E731
+    return PPOLearner(env, config.ppo, iterations, seed=config.seed, penalty=penalty, reg_coef=config.reg_coef,
+                      shock=config.shock if method.adversarial else None, shock_warmup=config.shock_warmup,
+                      transform_policy=transform, policy_diagnostics=method.policy_diagnostics)
+
+
+class StopRequest:
+    """First Ctrl-C asks the loop to checkpoint and stop at the end of the iteration; a second one aborts."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __enter__(self) -> "StopRequest":
+        self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\ninterrupt: saving a checkpoint at the end of this iteration (Ctrl-C again to abort)",
+              file=sys.stderr)
+
+    def __exit__(self, *exc) -> None:
+        signal.signal(signal.SIGINT, self.previous)
+
+
+def train(config: TrainConfig, run_dir: pathlib.Path | str, resume: bool = False, progress: bool = True,
+          max_iterations: int | None = None) -> dict[str, Any] | None:
+    """Train the run in ``run_dir`` to the end (or for ``max_iterations`` more iterations) and write its
+    files; returns the summary when finished, None when stopped early.
+
+    A fresh run (``resume=False``) creates the directory and its ``config.yaml`` (``create_run``); with
+    ``resume=True`` it continues from the directory's checkpoint (pass ``load_config(run_dir)``).
+    """
+    run_dir = pathlib.Path(run_dir)
+    if resume:
+        state = load_checkpoint(run_dir, config.device)
+    else:
+        create_run(config, run_dir)
+    learner = build_learner(config)
+    if resume:
+        learner.load_state_dict(state)
+    log = MetricsLog(run_dir, keep_until_iteration=learner.iteration)
+    stop_at = learner.total_iterations if max_iterations is None else min(
+        learner.total_iterations, learner.iteration + max_iterations)
+    metrics: dict[str, float] = {}
+    with StopRequest() as stop, progress_bar(disable=not progress) as bar:
+        task = bar.add_task(f"{config.scenario}/{config.method}/seed{config.seed}", total=learner.total_iterations,
+                            completed=learner.iteration, status="")
+        while learner.iteration < stop_at and not stop.requested:
+            metrics = learner.train_iteration()
+            log.write(learner.iteration, metrics)
+            status = (f"return {metrics.get('charts/episodic_return', float('nan')):+.3f} "
+                      f"loss/step {metrics['charts/system_loss']:+.4f} "
+                      f"{metrics['perf/agent_steps_per_second']:,.0f} agent-steps/s")
+            bar.update(task, completed=learner.iteration, status=status)
+            if learner.iteration % config.checkpoint_every == 0 or stop.requested:
+                save_checkpoint(run_dir, learner)
+    save_checkpoint(run_dir, learner)
+    log.close()
+    if learner.iteration < learner.total_iterations:
+        print(f"stopped at iteration {learner.iteration}/{learner.total_iterations}; "
+              f"continue with: python train.py --resume {run_dir}")
+        return None
+    summary = summarise(learner, config)
+    summary["final_training"] = {key: value for key, value in metrics.items() if key.startswith("charts/")}
+    text = json.dumps(summary, indent=2)
+    atomic_write(run_dir / SUMMARY, lambda tmp: tmp.write_text(text))
+    return summary
+
+
+class TrainedRun(NamedTuple):
+    """A run directory loaded for evaluation."""
+
+    config: TrainConfig
+    scenario: Scenario
+    policy: MultiAgentActorCritic
+
+
+def load_run(run_dir: pathlib.Path | str, device: str = "cpu") -> TrainedRun:
+    """The config, the scenario (float32, on ``device``) and the trained policy (eval mode) of a run
+    directory, rebuilt from ``config.yaml`` and the checkpoint's policy weights only."""
+    config = load_config(run_dir)
+    check_device(device)
+    try:
+        scenario = make_scenario(config.scenario, device=device, **config.env)
+    except ValueError as error:
+        raise ConfigError(f"env: {error}") from None
+    with torch.random.fork_rng(devices=[]):  # building draws initial weights: leave the caller's generator alone
+        policy = make_policy(scenario, config.ppo)
+        method = config.method_spec
+        if method.transform_policy is not None:
+            method.transform_policy(policy, config.reg)
+    state = load_checkpoint(run_dir, device)["policy"]
+    policy.load_state_dict(state)
+    policy.eval()
+    return TrainedRun(config, scenario, policy)
+
+
+def load_policy(run_dir: pathlib.Path | str, device: str = "cpu") -> MultiAgentActorCritic:
+    """The trained policy of a run directory (eval mode, on ``device``): ``deterministic_action(obs)``,
+    ``act``, ``value``, ready for evaluation, attacks and the penalties."""
+    return load_run(run_dir, device).policy

@@ -1,0 +1,93 @@
+"""The benchmark command line (python benchmark.py and the aajr-benchmark entry point)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import pathlib
+import shlex
+import sys
+
+from agents.config import ConfigError
+from agents.progress import progress_bar
+from robustness import ReportError
+from robustness.runner import BACKENDS, PRESETS, BenchmarkConfig, run_grid
+
+DESCRIPTION = """Robustness benchmark: train every (scenario, method, lambda, seed) cell of a grid, attack it,
+diagnose it, and report IQMs with bootstrap confidence intervals.
+
+    python benchmark.py --preset smoke                      # minutes on a 2-core CPU
+    python benchmark.py --preset full --jobs 2 --out results/full
+    python benchmark.py --preset full --backend ray --address auto   # on a Ray cluster
+
+Results go to --out (default results/<preset>): run.json (command and grid),
+cells/<cell>.json, runs/<cell>/ (train.py run directories), evaluations.csv,
+diagnostics.csv and report/ (tables and figures). Run the same command again after an
+interruption: finished cells are kept, a crashed cell resumes from its checkpoint."""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="smoke", choices=sorted(PRESETS))
+    parser.add_argument("--out", type=pathlib.Path, help="results directory (default results/<preset>)")
+    parser.add_argument("--scenarios", nargs="+", help="override the preset's scenarios")
+    parser.add_argument("--methods", nargs="+", help="override the preset's methods")
+    parser.add_argument("--seeds", type=int, nargs="+", help="override the preset's seeds")
+    parser.add_argument("--reg-coefs", type=float, nargs="+", help="override the preset's lambda values")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="train.py overrides added to every cell (e.g. total_agent_steps=1e5)")
+    parser.add_argument("--attacks", nargs="+", help="override the attacks (random spike system action value)")
+    parser.add_argument("--modes", nargs="+", help="override the shock modes (shared per_agent)")
+    parser.add_argument("--eps", type=float, nargs="+", help="override the eps grid (0 is always included)")
+    parser.add_argument("--episodes", type=int, help="override the evaluation episodes per cell")
+    parser.add_argument("--backend", default="local", choices=BACKENDS)
+    parser.add_argument("--jobs", type=int, default=1, help="cells run in parallel (processes or Ray tasks)")
+    parser.add_argument("--address", help="Ray cluster address (default: a local Ray)")
+    parser.add_argument("--reps", type=int, default=2000, help="bootstrap resamples of the report")
+    parser.add_argument("--no-report", action="store_true", help="skip tables and figures")
+    return parser.parse_args(argv)
+
+
+def grid_config(args: argparse.Namespace) -> BenchmarkConfig:
+    """The preset with the command line's changes, validated (``ConfigError``)."""
+    config = PRESETS[args.preset]
+    changes = {name: tuple(value) for name, value in (("scenarios", args.scenarios), ("methods", args.methods),
+                                                       ("seeds", args.seeds), ("reg_coefs", args.reg_coefs))
+               if value is not None}
+    if args.set:
+        changes["overrides"] = config.overrides + tuple(args.set)
+    attack = {name: tuple(value) if isinstance(value, list) else value
+              for name, value in (("attacks", args.attacks), ("modes", args.modes), ("eps", args.eps),
+                                  ("episodes", args.episodes)) if value is not None}
+    try:
+        if attack:
+            changes["attack"] = dataclasses.replace(config.attack, **attack)
+        return dataclasses.replace(config, **changes)
+    except ConfigError:
+        raise
+    except ValueError as error:  # the attack grid's own checks name the field
+        raise ConfigError(str(error)) from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = grid_config(args)
+        out = args.out or pathlib.Path("results") / args.preset
+        command = "python " + " ".join(shlex.quote(arg) for arg in ["benchmark.py", *(argv or sys.argv[1:])])
+        with progress_bar() as bar:
+            task = bar.add_task(f"benchmark {args.preset}", total=None, status="")
+
+            def progress(finished: int, total: int, cell: str) -> None:
+                bar.update(task, completed=finished, total=total, status=cell and f"done: {cell}")
+
+            run_grid(config, out, args.backend, args.jobs, args.address, command, args.preset, progress)
+        if not args.no_report:
+            from robustness.report import write_report
+            paths = write_report(out, reps=args.reps)
+            print(f"report: {len(paths)} files in {out / 'report'} (start with {out / 'report' / 'index.md'})")
+    except (ConfigError, ReportError) as error:  # bad input named in one line; anything else keeps its traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"results: {out}")
+    return 0
