@@ -140,8 +140,13 @@ def build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
         return cls(**kwargs)
     except ConfigError:
         raise
-    except ValueError as error:  # the dataclass's own checks name the field
-        raise ConfigError(f"{prefix}{error}") from None
+    except ValueError as error:  # the dataclass's own checks: "<field> must ..." or "unknown <field> ..."
+        message = str(error)
+        if prefix and message.split(" ", 1)[0] not in fields:
+            message = f"{prefix[:-1]}: {message}"
+        elif prefix:
+            message = prefix + message
+        raise ConfigError(message) from None
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

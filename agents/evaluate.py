@@ -43,9 +43,15 @@ def evaluate_against_references(scenario, policy, eval_envs: int, seed: int) -> 
 
 def summarise(learner, config) -> dict[str, Any]:
     """The final evaluation of a training run (``evaluate_against_references`` on episodes seeded with
-    ``config.seed + EVAL_SEED_OFFSET``) with the run's identity."""
-    evaluation = evaluate_against_references(learner.env.scenario, learner.policy, config.eval_envs,
-                                             config.seed + EVAL_SEED_OFFSET)
+    ``config.seed + EVAL_SEED_OFFSET``) with the run's identity. The policy is evaluated in eval mode,
+    as ``agents.run.load_policy`` returns it (spectral normalisation's power iteration stands still)."""
+    training = learner.policy.training
+    learner.policy.eval()
+    try:
+        evaluation = evaluate_against_references(learner.env.scenario, learner.policy, config.eval_envs,
+                                                 config.seed + EVAL_SEED_OFFSET)
+    finally:
+        learner.policy.train(training)
     return {
         "scenario": learner.env.scenario.name, "method": config.method, "seed": config.seed,
         "agent_steps": learner.agent_steps, "iterations": learner.iteration, "eval_envs": config.eval_envs,

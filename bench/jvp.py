@@ -21,7 +21,7 @@ full Jacobian that does not fit in memory is reported as ``n/a (out of memory)``
 
 PPO update ratio: ``PPOLearner.update(batch)`` with the AAJR penalty (reg_coef 0.1, K = the row's K)
 over the same update without the penalty, on one rollout of the routing scenario at its default size
-as ``train.py`` builds it (N=4, D=19, A=4, hidden (64, 64), 64 envs x 50 steps, 10 epochs x 4
+as ``agents.run.build_learner`` builds it (N=4, D=19, A=4, hidden (64, 64), 64 envs x 50 steps, 10 epochs x 4
 minibatches of 800 states; ``--quick``: the small size). Every timed update starts from the same
 saved learner state. It does not depend on the synthetic d and N: one value per K (the footnote
 gives the scenario's sizes). It includes the K-step PGA that produces the penalty's points and
@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import pathlib
 import platform
 import statistics
 import sys
@@ -56,12 +55,10 @@ from typing import Callable
 import torch
 from torch.func import vjp, vmap
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-
-from agents.config import resolve  # noqa: E402
-from agents.policy import MultiAgentActorCritic  # noqa: E402
-from regularizers.jvp import jvp_norms  # noqa: E402
-from train import build_learner  # noqa: E402
+from agents.config import resolve
+from agents.policy import MultiAgentActorCritic
+from agents.run import build_learner
+from regularizers.jvp import jvp_norms
 
 
 def agent_jacobians(action_map: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -163,7 +160,7 @@ def ppo_update_ratios(steps: list[int], device: str, args: argparse.Namespace) -
     description = ""
     for k in steps:
         config = resolve({"scenario": "routing", "size": "small" if args.quick else "default", "method": "aajr",
-                          "reg_steps": k, "reg_coef": 0.1, "device": device})
+                          "reg": {"steps": k}, "reg_coef": 0.1, "device": device})
         learner = build_learner(config)
         batch, _ = learner.collect()
         snapshot = copy.deepcopy(learner.state_dict())
@@ -181,7 +178,7 @@ def ppo_update_ratios(steps: list[int], device: str, args: argparse.Namespace) -
         description = (f"PPO update: routing {config.size}, N={scenario.n_agents}, D={scenario.obs_dim}, "
                        f"A={scenario.action_low.shape[-1]}, hidden {tuple(cfg.hidden)}, {cfg.num_envs} envs x "
                        f"{cfg.rollout_steps} steps, {cfg.update_epochs} epochs x {cfg.num_minibatches} minibatches; "
-                       f"AAJR reg_coef {config.reg_coef}, eps {config.reg_eps}, K PGA steps; "
+                       f"AAJR reg_coef {config.reg_coef}, eps {config.reg.eps}, K PGA steps; "
                        f"plain update {result['plain'] * 1e3:.0f} ms; medians of {args.ppo_repeats} rounds")
     return ratios, description
 

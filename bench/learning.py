@@ -18,24 +18,22 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-
 TARGETS = {"routing": ("<=", 1.05), "commons": (">=", 0.90), "compute": (">=", 0.90)}
 
 
 def run_one(scenario: str, seed: int, out_dir: str, threads: int) -> dict:
     import torch
 
-    import train
     from agents.config import resolve
+    from agents.run import CHECKPOINT, train
 
     torch.set_num_threads(threads)
     config = resolve({"scenario": scenario, "seed": seed})
     run_dir = pathlib.Path(out_dir) / f"{scenario}-seed{seed}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / train.CHECKPOINT).unlink(missing_ok=True)
+    (run_dir / CHECKPOINT).unlink(missing_ok=True)
     start = time.perf_counter()
-    summary = train.train(config, run_dir, progress=False)
+    summary = train(config, run_dir, progress=False)
     summary["wall_clock_s"] = time.perf_counter() - start
     return summary
 

@@ -1,5 +1,6 @@
 """Every method on one scenario's config: the diagnostic its penalty targets with lambda = 0 and with
-lambda > 0 after the same training (same seed), the final efficiency, and the wall-clock of a run.
+lambda > 0 after the same training (same seed; a method without a penalty: its diagnostic after training),
+the final efficiency, and the wall-clock of a run. Each method's diagnostic is its registry entry's.
 
     python bench/methods.py                                  # routing, small config, lambda 1, seed 0
     python bench/methods.py --scenario commons --reg-coef 0.1 --seeds 0 1 2
@@ -8,20 +9,14 @@ lambda > 0 after the same training (same seed), the final efficiency, and the wa
 from __future__ import annotations
 
 import argparse
-import pathlib
 import statistics
 import sys
 import time
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-
-import train  # noqa: E402
-from agents.config import METHODS, parse_overrides, resolve  # noqa: E402
-from agents.evaluate import summarise  # noqa: E402
-from regularizers.specnorm import layer_spectral_norms  # noqa: E402
-
-DIAGNOSTIC = {"aajr": "reg/jvp_norm_mean", "jacobian": "reg/jvp_norm_mean", "spectral": "reg/spectral_norm_mean",
-              "smooth": "reg/action_change_mean", "aajr+adv": "reg/jvp_norm_mean"}
+from agents.config import parse_overrides, resolve
+from agents.evaluate import summarise
+from agents.run import build_learner
+from regularizers import METHODS
 
 
 def run(scenario: str, size: str, method: str, seed: int, extra: list[str]) -> tuple[dict, float, float, object]:
@@ -30,7 +25,7 @@ def run(scenario: str, size: str, method: str, seed: int, extra: list[str]) -> t
     config = resolve(parse_overrides([f"scenario={scenario}", f"size={size}", f"method={method}", f"seed={seed}",
                                       *extra]))
     start = time.perf_counter()
-    learner = train.build_learner(config)
+    learner = build_learner(config)
     rows = [learner.train_iteration() for _ in range(learner.total_iterations)]
     elapsed = time.perf_counter() - start
     last = {key: statistics.fmean(row[key] for row in rows[-5:] if key in row) for key in rows[-1]}
@@ -38,7 +33,7 @@ def run(scenario: str, size: str, method: str, seed: int, extra: list[str]) -> t
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenario", default="routing")
     parser.add_argument("--size", default="small")
     parser.add_argument("--reg-coef", type=float, default=1.0)
@@ -52,18 +47,17 @@ def main() -> int:
     for method in args.methods:
         spec = METHODS[method]
         cells = {"zero": [], "reg": [], "ratio": [], "time": []}
-        key = DIAGNOSTIC.get(method, "actor layer spectral norm (max)" if spec.spectral_norm else "")
+        key = spec.diagnostic
         for seed in args.seeds:
             coef = [f"reg_coef={args.reg_coef}"] if spec.penalty else []
             metrics, ratio, elapsed, learner = run(args.scenario, args.size, method, seed, coef)
             cells["ratio"].append(ratio)
             cells["time"].append(elapsed)
-            if spec.penalty:
+            if key is not None:
                 cells["reg"].append(metrics[key])
+            if key is not None and spec.penalty:
                 zero, *_ = run(args.scenario, args.size, method, seed, ["reg_coef=0"])
                 cells["zero"].append(zero[key])
-            elif spec.spectral_norm:
-                cells["reg"].append(float(layer_spectral_norms(learner.policy.actor).max()))
         fmt = lambda values: f"{statistics.fmean(values):.4f}" if values else "-"
         print(f"| {method} | {key or '-'} | {fmt(cells['zero'])} | {fmt(cells['reg'])} | {fmt(cells['ratio'])} | "
               f"{statistics.fmean(cells['time']):.1f} |", flush=True)

@@ -11,17 +11,14 @@ over the unshocked joint action (shared shock, l2 ball, K = 10 PGA steps, eta = 
 from __future__ import annotations
 
 import argparse
-import pathlib
 import statistics
 import sys
 import time
 
 import torch
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-
-import envs  # noqa: E402
-from envs.shock_wrapper import ShockConfig, ShockedVectorEnv, compute_shock  # noqa: E402
+import envs
+from envs.shock_wrapper import ShockConfig, ShockedVectorEnv, compute_shock
 
 
 def fixed_policy(scenario, seed: int = 0):

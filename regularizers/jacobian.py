@@ -69,12 +69,13 @@ def random_unit_directions(shape: tuple[int, ...], generator: torch.Generator, d
     return directions / directions.norm(dim=-1, keepdim=True)
 
 
-def global_jacobian_penalty(policy, batch: Batch, steps: int, generator: torch.Generator,
+def global_jacobian_penalty(policy, batch: Batch, directions: int, generator: torch.Generator,
                             budget: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """Frobenius-norm estimator: ``||J_i(s) u||^2`` at the states along K random unit directions each."""
+    """Frobenius-norm estimator: ``||J_i(s) u||^2`` at the states along ``directions`` (K) random unit
+    directions each."""
     obs = batch.obs
-    directions = random_unit_directions((steps, *obs.shape), generator, obs.device, obs.dtype)
-    norms = jvp_norms(policy.deterministic_action, obs.unsqueeze(0).expand(steps, *obs.shape), directions)
+    units = random_unit_directions((directions, *obs.shape), generator, obs.device, obs.dtype)
+    norms = jvp_norms(policy.deterministic_action, obs.unsqueeze(0).expand(directions, *obs.shape), units)
     detached = norms.detach()
     diagnostics = {"reg/jvp_norm_mean": float(detached.mean()), "reg/jvp_norm_max": float(detached.max())}
     return penalty_from_norms(norms, budget), diagnostics

@@ -40,7 +40,9 @@ class BenchmarkConfig:
     :param seeds: training seeds.
     :param reg_coefs: lambda values of the methods with a penalty (others run once, lambda 0).
     :param size: config section of every scenario (``small``, ``default``, ``large``).
-    :param overrides: ``KEY=VALUE`` overrides applied to every training run.
+    :param overrides: ``KEY=VALUE`` overrides of the training runs: ``reg.<key>`` ones apply to the
+        methods whose settings have ``<key>``, ``shock.*`` and ``shock_warmup`` to the adversarial
+        methods, the others to every run.
     :param attack: the attack grid of the evaluation.
     :param diag_states: evaluation states of the theory diagnostics.
     :param diag_eps: eps of the diagnostics' PGA.
@@ -111,6 +113,38 @@ def grid_cells(config: BenchmarkConfig) -> list[Cell]:
     return cells
 
 
+def applies(override: str, method: str) -> bool:
+    """Whether a ``KEY=VALUE`` override of the grid applies to the runs of ``method``."""
+    key = override.partition("=")[0]
+    spec = METHODS[method]
+    if key.startswith("reg."):
+        fields = {field.name for field in dataclasses.fields(spec.settings)} if spec.settings else set()
+        return key.split(".")[1] in fields
+    if key.startswith("shock.") or key == "shock_warmup":
+        return spec.adversarial
+    return True
+
+
+def cell_overrides(cell: Cell, config: BenchmarkConfig) -> list[str]:
+    """The run config of a cell as ``KEY=VALUE`` overrides."""
+    return ([f"scenario={cell.scenario}", f"size={config.size}", f"method={cell.method}", f"seed={cell.seed}"]
+            + [item for item in config.overrides if applies(item, cell.method)]
+            + ([f"reg_coef={cell.reg_coef}"] if METHODS[cell.method].penalty else []))
+
+
+def check_grid(config: BenchmarkConfig) -> None:
+    """Resolve every cell's run config, and refuse overrides no method of the grid uses (``ConfigError``
+    naming the value, before anything is written)."""
+    for item in config.overrides:
+        if not any(applies(item, method) for method in config.methods):
+            raise ConfigError(f"override {item!r} applies to none of the methods {', '.join(config.methods)}")
+    for cell in grid_cells(config):
+        try:
+            resolve(parse_overrides(cell_overrides(cell, config)))
+        except ConfigError as error:
+            raise ConfigError(f"cell {cell.name}: {error}") from None
+
+
 def run_cell(cell: Cell, config: BenchmarkConfig, results_dir: pathlib.Path | str) -> dict[str, Any]:
     """Train (or resume), evaluate and diagnose one cell; writes and returns its result."""
     torch.set_num_threads(1)
@@ -119,9 +153,7 @@ def run_cell(cell: Cell, config: BenchmarkConfig, results_dir: pathlib.Path | st
     if out.exists():
         return json.loads(out.read_text())
     run_dir = results_dir / "runs" / cell.name
-    overrides = parse_overrides([f"scenario={cell.scenario}", f"size={config.size}", f"method={cell.method}",
-                                 f"seed={cell.seed}", *config.overrides]
-                                + ([f"reg_coef={cell.reg_coef}"] if METHODS[cell.method].penalty else []))
+    overrides = parse_overrides(cell_overrides(cell, config))
     if (run_dir / CHECKPOINT).exists():
         summary = train(load_config(run_dir), run_dir, resume=True, progress=False)
     else:
@@ -188,6 +220,7 @@ def run_grid(config: BenchmarkConfig, results_dir: pathlib.Path, backend: str = 
         raise ConfigError(f"unknown backend {backend!r}; allowed: {', '.join(BACKENDS)}")
     if jobs < 1:
         raise ConfigError(f"jobs must be >= 1, got {jobs}")
+    check_grid(config)
     results_dir.mkdir(parents=True, exist_ok=True)
     record = {"command": command, "preset": preset, "config": config.to_dict()}
     run_file = results_dir / "run.json"

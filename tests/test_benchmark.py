@@ -1,6 +1,7 @@
 """The benchmark grid: cells, resumability after a kill, Ray = local, evaluation rows, diagnostics, report."""
 
 import csv
+import dataclasses
 import json
 import os
 import pathlib
@@ -16,13 +17,13 @@ import pytest
 from agents.config import ConfigError
 from robustness.evaluate import AttackGrid
 from robustness.report import write_report
-from robustness.runner import BenchmarkConfig, grid_cells, run_grid
+from robustness.runner import BenchmarkConfig, cell_overrides, grid_cells, run_grid
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TINY = BenchmarkConfig(
     scenarios=("routing",), methods=("ppo", "aajr", "adv"), seeds=(0,), size="small",
     overrides=("total_agent_steps=480", "env.horizon=5", "ppo.num_envs=8", "ppo.rollout_steps=5", "eval_envs=4",
-               "reg_steps=2", "checkpoint_every=1"),
+               "reg.steps=2", "checkpoint_every=1"),
     attack=AttackGrid(attacks=("random", "system"), modes=("shared",), eps=(0.0, 0.2), steps=2, episodes=4),
     diag_states=8, diag_steps=2)
 
@@ -40,6 +41,22 @@ def test_grid_has_one_cell_per_penalty_lambda_and_refuses_bad_names():
         BenchmarkConfig(methods=("magic",))
     with pytest.raises(ConfigError, match="unknown scenario 'traffic'"):
         BenchmarkConfig(scenarios=("traffic",))
+
+
+def test_method_settings_reach_the_methods_that_have_them_and_a_bad_grid_writes_nothing(tmp_path):
+    config = BenchmarkConfig(scenarios=("routing",), methods=("ppo", "aajr", "jacobian", "adv"), seeds=(0,),
+                             overrides=("reg.steps=2", "reg.directions=4", "shock.eps=0.2", "ppo.num_envs=8"))
+    extra = {cell.method: cell_overrides(cell, config)[4:] for cell in grid_cells(config)}
+    assert extra == {"ppo": ["ppo.num_envs=8"], "aajr": ["reg.steps=2", "ppo.num_envs=8", "reg_coef=0.1"],
+                     "jacobian": ["reg.directions=4", "ppo.num_envs=8", "reg_coef=0.1"],
+                     "adv": ["shock.eps=0.2", "ppo.num_envs=8"]}
+    unused = dataclasses.replace(config, methods=("ppo", "adv"), overrides=("reg.steps=2",))
+    with pytest.raises(ConfigError, match="override 'reg.steps=2' applies to none of the methods ppo, adv"):
+        run_grid(unused, tmp_path / "a")
+    typo = dataclasses.replace(config, overrides=("ppo.num_env=8",))
+    with pytest.raises(ConfigError, match="cell routing-ppo-lam0-seed0: unknown key.s. ppo.num_env"):
+        run_grid(typo, tmp_path / "b")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 def test_grid_results_hold_the_nominal_row_at_eps_zero_and_refuse_another_grid(tmp_path):

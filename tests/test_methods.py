@@ -1,30 +1,41 @@
 """Every training method end to end: finite losses, its diagnostics, bit-exact resume, and (slow) that
 each penalty moves its diagnostic the expected way after the same training."""
 
+import csv
+import dataclasses
 import math
 
 import pytest
 import torch
 
-import train
-from agents.config import METHODS, parse_overrides, resolve
+from agents import run
+from agents.config import parse_overrides, resolve
+from regularizers import METHODS, Method, register_method, unregister_method
 from regularizers.specnorm import layer_spectral_norms
+from robustness.report import method_key
 
 TINY = ["scenario=routing", "size=small", "total_agent_steps=640", "checkpoint_every=1", "eval_envs=4",
-        "env.horizon=5", "ppo.num_envs=8", "ppo.rollout_steps=5", "reg_steps=2", "shock.steps=2"]
+        "env.horizon=5", "ppo.num_envs=8", "ppo.rollout_steps=5"]
+# the test's own expectation of what each method logs (the registry's entries must agree)
 DIAGNOSTIC = {"aajr": "reg/jvp_norm_mean", "jacobian": "reg/jvp_norm_mean", "spectral": "reg/spectral_norm_mean",
-              "smooth": "reg/action_change_mean", "aajr+adv": "reg/jvp_norm_mean", "adv": "shock/norm"}
+              "smooth": "reg/action_change_mean", "aajr+adv": "reg/jvp_norm_mean", "adv": "shock/norm",
+              "specnorm": "reg/layer_spectral_norm_max"}
 
 
 def config_for(method, *extra):
-    shock = [item for item in TINY if item.startswith("shock.")]
-    base = [item for item in TINY if not item.startswith("shock.")]
-    return resolve(parse_overrides(base + (shock if METHODS[method].adversarial else []) + [f"method={method}",
-                                                                                             *extra]))
+    spec = METHODS[method]
+    fields = {f.name for f in dataclasses.fields(spec.settings)} if spec.settings else set()
+    cheap = [f"reg.{key}=2" for key in ("steps", "directions", "power_iterations") if key in fields]
+    shock = ["shock.steps=2"] if spec.adversarial else []
+    return resolve(parse_overrides(TINY + cheap + shock + [f"method={method}", *extra]))
+
+
+def test_the_registry_names_each_method_diagnostic():
+    assert {name: method.diagnostic for name, method in METHODS.items() if method.diagnostic} == DIAGNOSTIC
 
 
 def train_iterations(config, iterations=None):
-    learner = train.build_learner(config)
+    learner = run.build_learner(config)
     rows = [learner.train_iteration() for _ in range(iterations or learner.total_iterations)]
     return learner, rows
 
@@ -41,6 +52,7 @@ def test_every_method_trains_with_finite_losses_and_logs_its_diagnostics(method)
     assert ("losses/penalty" in rows[-1]) == (METHODS[method].penalty is not None)
     if method == "specnorm":  # one power-iteration step per forward lags the Adam steps slightly
         assert float(layer_spectral_norms(learner.policy.actor).max()) <= 1.0 + 1e-2
+        assert rows[-1]["reg/layer_spectral_norm_max"] <= 1.0 + 1e-2
 
 
 @pytest.mark.parametrize("method", ["jacobian", "smooth", "specnorm"])
@@ -48,11 +60,56 @@ def test_methods_with_their_own_randomness_or_state_resume_bit_for_bit(method, t
     config = config_for(method)
     full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
     full_dir.mkdir(), cut_dir.mkdir()
-    full = train.train(config, full_dir, progress=False)
-    assert train.train(config, cut_dir, progress=False, max_iterations=3) is None
-    resumed = train.train(config, cut_dir, resume=True, progress=False)
+    full = run.train(config, full_dir, progress=False)
+    assert run.train(config, cut_dir, progress=False, max_iterations=3) is None
+    resumed = run.train(config, cut_dir, resume=True, progress=False)
     assert (cut_dir / "metrics.csv").read_text().count("\n") == (full_dir / "metrics.csv").read_text().count("\n")
     assert resumed["system_loss_per_step"] == full["system_loss_per_step"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ActionSizeSettings:
+    target: float = 0.5
+
+
+def action_size_penalty(scenario, settings):
+    def penalty(policy, batch, generator):
+        actions = policy.deterministic_action(batch.obs)
+        value = ((actions - settings.target) ** 2).mean()
+        return value, {"reg/action_size": float(value.detach())}
+    return penalty
+
+
+@pytest.fixture
+def registered():
+    names = []
+
+    def register(method):
+        names.append(register_method(method).name)
+
+    yield register
+    for name in names:
+        unregister_method(name)
+
+
+def test_a_method_registered_through_the_registry_alone_trains(registered, tmp_path):
+    registered(Method("actsize", "pull the actions towards a target", penalty=action_size_penalty,
+                      settings=ActionSizeSettings, diagnostic="reg/action_size"))
+    config = config_for("actsize", "reg.target=0.25", "reg_coef=2")
+    assert config.reg == ActionSizeSettings(0.25) and config.reg_coef == 2.0
+    assert run.train(config, tmp_path / "run", progress=False, max_iterations=1) is None
+    with (tmp_path / "run" / "metrics.csv").open() as f:
+        row = next(csv.DictReader(f))
+    assert float(row["reg/action_size"]) > 0 and float(row["losses/penalty"]) == float(row["reg/action_size"])
+    assert run.load_config(tmp_path / "run") == config
+    assert method_key(("actsize", 2.0)) > method_key(("aajr+adv", 0.1))  # reported after the built-in methods
+
+
+def test_registry_entries_are_checked(registered):
+    with pytest.raises(ValueError, match="registered already"):
+        register_method(Method("ppo", "again"))
+    with pytest.raises(ValueError, match="needs a settings dataclass"):
+        Method("bare", "a penalty without settings", penalty=action_size_penalty)
 
 
 SLOW = ["scenario=routing", "size=small", "total_agent_steps=12000", "eval_envs=4"]

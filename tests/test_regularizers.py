@@ -8,7 +8,8 @@ from torch.func import jacrev, jvp
 import envs
 from agents.policy import MultiAgentActorCritic
 from envs.shocks import pga, system_objective
-from regularizers import REGULARIZERS, RegularizerSettings, make_regularizer
+from envs.batch import Batch
+from regularizers import METHODS, PGASettings, make_regularizer, regularizer_names
 from regularizers.jacobian import aajr_penalty, aajr_trajectory, global_jacobian_penalty, random_unit_directions
 from regularizers.jvp import jvp_norms, penalty_from_norms
 from regularizers.smoothness import smoothness_penalty
@@ -24,7 +25,9 @@ def tiny_setup(seed=0, hidden=(8,)):
                                    hidden=hidden).double()
     for p in policy.actor.parameters():  # larger weights than the 0.01-gain init, so J is not tiny
         p.data.normal_(0, 0.7, generator=torch.Generator().manual_seed(seed))
-    batch = {"obs": scenario.observe(state), **{f"state/{k}": v for k, v in state.items()}}
+    obs = scenario.observe(state)
+    actions = scenario.check_actions(torch.full((3, 2, scenario.action_dim), 0.5, dtype=torch.float64))
+    batch = Batch(obs=obs, actions=actions, state=state)
     return scenario, state, policy, batch
 
 
@@ -85,7 +88,7 @@ def brute_force_aajr(policy, scenario, state, obs, eps, steps):
 def test_aajr_penalty_and_its_gradient_equal_a_jacrev_brute_force_computation():
     scenario, state, policy, batch = tiny_setup()
     penalty, diagnostics = aajr_penalty(policy, batch, scenario, eps=0.2, steps=3)
-    reference = brute_force_aajr(policy, scenario, state, batch["obs"], 0.2, 3)
+    reference = brute_force_aajr(policy, scenario, state, batch.obs, 0.2, 3)
     torch.testing.assert_close(penalty, reference, rtol=1e-6, atol=1e-12)
     assert diagnostics["reg/jvp_norm_max"] >= diagnostics["reg/jvp_norm_mean"] > 0
     assert diagnostics["reg/pga_gain"] > 0
@@ -101,7 +104,7 @@ def test_jvp_penalties_and_gradients_equal_finite_differences(name, budget):
     penalty in every parameter with the points and directions held fixed (the stopgrad of eq. 20)."""
     scenario, state, policy, batch = tiny_setup(5)
     generator = torch.Generator().manual_seed(0)
-    obs = batch["obs"]
+    obs = batch.obs
     if name == "aajr":
         points, directions, _ = aajr_trajectory(policy, batch, scenario, eps=0.2, steps=3)
     elif name == "jacobian":
@@ -128,7 +131,7 @@ def test_aajr_gradient_does_not_flow_through_the_ascent_directions():
     """With K = 1 the direction is u_0 = grad g(0) / ||grad g(0)||, a function of theta. AAJR's gradient
     equals that of the penalty with u_0 explicitly detached, and differs from the one through u_0."""
     scenario, state, policy, batch = tiny_setup(6)
-    obs = batch["obs"]
+    obs = batch.obs
     penalty, _ = aajr_penalty(policy, batch, scenario, eps=0.2, steps=1)
     objective = system_objective(scenario, state, obs, policy.deterministic_action, "per_agent")
     delta = torch.zeros_like(obs, requires_grad=True)
@@ -162,7 +165,7 @@ def test_agent_i_penalty_gives_no_gradient_to_agent_j():
 
 def test_zero_objective_gradient_gives_a_finite_penalty():
     scenario, state, policy, batch = tiny_setup(3)
-    batch = {**batch, "state/demand": torch.zeros_like(batch["state/demand"])}  # no traffic: loss 0
+    batch = Batch(batch.obs, batch.actions, {**batch.state, "demand": torch.zeros_like(batch.state["demand"])})  # no traffic
     penalty, _ = aajr_penalty(policy, batch, scenario, eps=0.1, steps=2)
     assert torch.isfinite(penalty) and float(penalty.detach()) == 0.0
     params = list(policy.actor.parameters())
@@ -174,16 +177,17 @@ def test_zero_objective_gradient_gives_a_finite_penalty():
 
 def test_global_estimator_is_unbiased_for_the_frobenius_norm():
     scenario, state, policy, batch = tiny_setup(2)
-    obs = batch["obs"][:1]
-    penalty, _ = global_jacobian_penalty(policy, {"obs": obs}, steps=20000, generator=torch.Generator().manual_seed(0))
+    obs = batch.obs[:1]
+    penalty, _ = global_jacobian_penalty(policy, Batch(obs, None, {}), directions=20000,
+                                         generator=torch.Generator().manual_seed(0))
     frobenius = sum(agent_jacobian(policy, obs[0], i).pow(2).sum() / obs.shape[-1] for i in range(2))
     assert penalty.item() == pytest.approx(frobenius.item() / 2, rel=0.03)
 
 
 def test_jacobian_penalty_equals_jacrev_with_the_same_directions():
     scenario, state, policy, batch = tiny_setup(7)
-    obs = batch["obs"]
-    penalty, _ = global_jacobian_penalty(policy, batch, steps=3, generator=torch.Generator().manual_seed(1))
+    obs = batch.obs
+    penalty, _ = global_jacobian_penalty(policy, batch, directions=3, generator=torch.Generator().manual_seed(1))
     directions = random_unit_directions((3, *obs.shape), torch.Generator().manual_seed(1), "cpu", torch.float64)
     reference = torch.stack([(agent_jacobian(policy, obs[m], i) @ directions[t, m, i]).pow(2).sum()
                              for t in range(3) for m in range(obs.shape[0]) for i in range(2)]).mean()
@@ -194,7 +198,7 @@ def test_jacobian_penalty_equals_jacrev_with_the_same_directions():
 
 def test_spectral_penalty_converges_to_the_largest_singular_value():
     scenario, state, policy, batch = tiny_setup(4)
-    obs = batch["obs"]
+    obs = batch.obs
     penalty, diagnostics = spectral_penalty(policy, batch, iterations=100, generator=torch.Generator().manual_seed(0))
     squares, fd_squares = [], []
     h = 1e-5
@@ -226,7 +230,7 @@ def test_spectral_penalty_converges_to_the_largest_singular_value():
 @pytest.mark.parametrize("budget", [None, 0.01])
 def test_smoothness_penalty_equals_a_loop_over_agents_and_finite_differences(budget):
     scenario, state, policy, batch = tiny_setup(8)
-    obs = batch["obs"]
+    obs = batch.obs
     mask = scenario.shock_mask
     penalty, diagnostics = smoothness_penalty(policy, batch, mask, eps=0.3, steps=4,
                                               generator=torch.Generator().manual_seed(3), budget=budget)
@@ -306,10 +310,14 @@ def test_spectral_normalisation_state_round_trips():
 # ----- registry -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", sorted(REGULARIZERS))
+SETTINGS = {"aajr": {"eps": 0.2, "steps": 2}, "smooth": {"eps": 0.2, "steps": 2}, "jacobian": {"directions": 2},
+            "spectral": {"power_iterations": 2}}
+
+
+@pytest.mark.parametrize("name", regularizer_names())
 def test_every_registered_penalty_runs_through_the_common_interface(name):
     scenario, state, policy, batch = tiny_setup(9)
-    penalty_fn = make_regularizer(name, scenario, RegularizerSettings(eps=0.2, steps=2))
+    penalty_fn = make_regularizer(name, scenario, METHODS[name].settings(**SETTINGS[name]))
     first, diagnostics = penalty_fn(policy, batch, torch.Generator().manual_seed(0))
     again, _ = penalty_fn(policy, batch, torch.Generator().manual_seed(0))
     assert first.dim() == 0 and torch.isfinite(first) and first.item() > 0 and torch.equal(first, again)
@@ -321,7 +329,9 @@ def test_every_registered_penalty_runs_through_the_common_interface(name):
 def test_bad_regularizer_names_and_settings_are_refused():
     with pytest.raises(ValueError, match="unknown regularizer 'magic'; allowed: 'aajr'"):
         make_regularizer("magic", None)
+    with pytest.raises(ValueError, match="method 'jacobian' takes JacobianSettings, got PGASettings"):
+        make_regularizer("jacobian", None, PGASettings())
     with pytest.raises(ValueError, match="eps must lie in"):
-        RegularizerSettings(eps=0.0)
+        PGASettings(eps=0.0)
     with pytest.raises(ValueError, match="unknown norm 'l3'"):
-        RegularizerSettings(norm="l3")
+        PGASettings(norm="l3")

@@ -1,4 +1,4 @@
-"""train.py: determinism, resume, Ctrl-C, bad configs, and a subprocess smoke test."""
+"""agents.run and train.py: determinism, resume, Ctrl-C, load_policy, configs, and a subprocess smoke test."""
 
 import csv
 import pathlib
@@ -8,9 +8,11 @@ import sys
 import time
 
 import pytest
+import torch
 
-import train
+from agents import run
 from agents.config import ConfigError, parse_overrides, resolve
+from agents.evaluate import EVAL_SEED_OFFSET, evaluate_against_references
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TINY = ["scenario=commons", "size=small", "total_agent_steps=1600", "checkpoint_every=1", "eval_envs=4",
@@ -30,7 +32,7 @@ def run_to_end(tmp_path, name, *extra):
     config = tiny_config(*extra)
     run_dir = tmp_path / name
     run_dir.mkdir()
-    return train.train(config, run_dir, progress=False), run_dir
+    return run.train(config, run_dir, progress=False), run_dir
 
 
 def test_same_seed_same_metrics_different_seed_different(tmp_path):
@@ -48,11 +50,11 @@ def test_interrupted_and_resumed_run_ends_like_an_uninterrupted_one(tmp_path):
     config = tiny_config()
     run_dir = tmp_path / "cut"
     run_dir.mkdir()
-    assert train.train(config, run_dir, progress=False, max_iterations=4) is None
+    assert run.train(config, run_dir, progress=False, max_iterations=4) is None
     # a row written after the checkpoint (as if killed mid-iteration) must not survive the resume
     with (run_dir / "metrics.csv").open("a") as f:
         f.write("99,junk\n")
-    resumed = train.train(config, run_dir, resume=True, progress=False)
+    resumed = run.train(config, run_dir, resume=True, progress=False)
     assert metric_rows(run_dir) == metric_rows(full_dir)
     assert resumed["system_loss_per_step"] == full["system_loss_per_step"]
 
@@ -71,8 +73,11 @@ def run_cli(*args, timeout=120):
                                                     "adversarial methods (adv, aajr+adv); method 'ppo' does not"),
     (["--method", "adv", "--set", "shock.prob=0"], "error: method 'adv' trains under shocks: shock.prob must be > 0"),
     (["--method", "aajr", "--reg-coef", "-1"], "error: reg_coef must be >= 0, got -1.0"),
-    (["--method", "aajr", "--set", "reg_norm=l3"], "error: unknown norm 'l3'; allowed: 'l2', 'linf'"),
-    (["--set", "env.n_agents=-1"], "error: n_agents must be a positive integer, got -1"),
+    (["--method", "aajr", "--set", "reg.norm=l3"], "error: reg: unknown norm 'l3'; allowed: 'l2', 'linf'"),
+    (["--method", "aajr", "--set", "reg_eps=0.2"], "error: unknown key(s) reg_eps (reg_eps is now reg.eps)"),
+    (["--method", "jacobian", "--set", "reg.eps=0.2"], "error: unknown key(s) reg.eps; allowed: reg.directions"),
+    (["--method", "ppo", "--set", "reg.eps=0.2"], "error: method 'ppo' has no settings"),
+    (["--set", "env.n_agents=-1"], "error: env: n_agents must be a positive integer, got -1"),
     (["--set", "ppo.num_envs=abc"], "error: ppo.num_envs: expected int, got 'abc' (str)"),
     (["--set", "ppo.learning_rat=0.1"], "error: unknown key(s) ppo.learning_rat; allowed: ppo.num_envs"),
     (["--size", "huge"], "error: unknown size 'huge'; allowed: small, default, large"),
@@ -130,8 +135,8 @@ def test_adversarial_rollouts_under_shocks_resume_bit_for_bit(tmp_path):
     config = tiny_config(*shock)
     run_dir = tmp_path / "cut"
     run_dir.mkdir()
-    train.train(config, run_dir, progress=False, max_iterations=2)
-    resumed = train.train(config, run_dir, resume=True, progress=False)
+    run.train(config, run_dir, progress=False, max_iterations=2)
+    resumed = run.train(config, run_dir, resume=True, progress=False)
     assert metric_rows(run_dir) == rows
     assert resumed["system_loss_per_step"] == full["system_loss_per_step"]
     with pytest.raises(ValueError, match="unknown objective 'mad'"):
@@ -139,8 +144,65 @@ def test_adversarial_rollouts_under_shocks_resume_bit_for_bit(tmp_path):
 
 
 def test_aajr_method_trains_and_logs_its_diagnostics(tmp_path):
-    summary, run_dir = run_to_end(tmp_path, "aajr", "method=aajr", "reg_coef=0.5", "reg_steps=2")
+    summary, run_dir = run_to_end(tmp_path, "aajr", "method=aajr", "reg_coef=0.5", "reg.steps=2")
     rows = metric_rows(run_dir)
     assert float(rows[-1]["reg/jvp_norm_mean"]) > 0 and "reg/pga_gain" in rows[-1]
-    again, again_dir = run_to_end(tmp_path, "aajr2", "method=aajr", "reg_coef=0.5", "reg_steps=2")
+    again, again_dir = run_to_end(tmp_path, "aajr2", "method=aajr", "reg_coef=0.5", "reg.steps=2")
     assert metric_rows(again_dir) == rows
+
+
+def test_load_policy_rebuilds_the_trained_policy_alone(tmp_path):
+    summary, run_dir = run_to_end(tmp_path, "trained", "method=specnorm")  # an architecture the loader must rebuild
+    before = torch.random.get_rng_state()
+    loaded = run.load_run(run_dir)
+    assert torch.equal(torch.random.get_rng_state(), before)  # loading leaves the caller's generator alone
+    assert not loaded.policy.training and loaded.config == tiny_config("method=specnorm")
+    again = evaluate_against_references(loaded.scenario, run.load_policy(run_dir), loaded.config.eval_envs,
+                                        loaded.config.seed + EVAL_SEED_OFFSET)
+    assert again["system_loss_per_step"] == summary["system_loss_per_step"]  # same policy, same episodes
+
+
+def test_run_files_are_checked_before_use(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="is a file"):
+        run.create_run(tiny_config(), tmp_path / "file")
+    with pytest.raises(ConfigError, match="no run config there"):
+        run.load_policy(tmp_path)
+    summary, run_dir = run_to_end(tmp_path, "run")
+    (run_dir / "checkpoint.pt").write_bytes(b"garbage")
+    with pytest.raises(ConfigError, match="not a readable checkpoint"):
+        run.load_policy(run_dir)
+    (run_dir / "config.yaml").write_text("scenario: [unclosed")
+    with pytest.raises(ConfigError, match="config.yaml: not valid YAML"):
+        run.load_config(run_dir)
+
+
+def test_configs_ship_with_the_package_and_a_bad_one_is_one_line(tmp_path):
+    packaged = resolve({"scenario": "routing", "size": "small"})
+    assert packaged.env == {"n_agents": 2, "n_paths": 3, "horizon": 10} and packaged.total_agent_steps == 20000
+    (tmp_path / "routing.yaml").write_text("small:\n  total_agent_steps: 1234\n")
+    assert resolve({"size": "small"}, config_dir=tmp_path).total_agent_steps == 1234
+    assert resolve({"size": "small"}, config_dir=tmp_path).env["n_paths"] == 2  # the scenario's small preset
+    with pytest.raises(ConfigError, match="routing.yaml has no section 'default'"):
+        resolve({}, config_dir=tmp_path)
+    with pytest.raises(ConfigError, match="commons.yaml is missing"):
+        resolve({"scenario": "commons"}, config_dir=tmp_path)
+    (tmp_path / "routing.yaml").write_text("small: [1, 2\n")
+    with pytest.raises(ConfigError, match="routing.yaml: not valid YAML at line 2"):
+        resolve({"size": "small"}, config_dir=tmp_path)
+    (tmp_path / "routing.yaml").write_text("small: 3\n")
+    with pytest.raises(ConfigError, match="section 'small' must be a mapping"):
+        resolve({"size": "small"}, config_dir=tmp_path)
+
+
+def test_the_library_imports_no_top_level_script():
+    code = ("import importlib, pkgutil, sys\n"
+            "import agents, envs, regularizers, robustness\n"
+            "for package in (agents, envs, regularizers, robustness):\n"
+            "    for module in pkgutil.walk_packages(package.__path__, package.__name__ + '.'):\n"
+            "        importlib.import_module(module.name)\n"
+            "assert 'agents.sb3' in sys.modules\n"
+            "print(sorted(name for name in ('train', 'benchmark') if name in sys.modules))\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT.parent, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
