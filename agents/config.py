@@ -18,6 +18,7 @@ import types
 import typing
 from typing import Any
 
+import torch
 import yaml
 
 from agents.ppo import PPOConfig
@@ -257,6 +258,10 @@ def resolve(overrides: dict[str, Any], config_dir: pathlib.Path | None = None) -
         raise ConfigError(f"env: {error}") from None
     if config.seed < 0:
         raise ConfigError(f"seed must be >= 0, got {config.seed}")
+    try:
+        torch.device(config.device)
+    except RuntimeError:
+        raise ConfigError(f"device {config.device!r} is not a torch device; e.g. cpu, cuda, cuda:1") from None
     for name in ("total_agent_steps", "checkpoint_every", "eval_envs"):
         _positive(name, getattr(config, name))
     for name in ("num_envs", "rollout_steps", "update_epochs", "num_minibatches"):

@@ -121,6 +121,7 @@ def create_run(config: TrainConfig, run_dir: pathlib.Path | str | None = None) -
     """Create the run directory (``default_run_dir`` when None) and write its ``config.yaml``; a
     directory that already holds a run (a checkpoint) or is a file is refused."""
     run_dir = default_run_dir(config) if run_dir is None else pathlib.Path(run_dir)
+    check_device(config.device)
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"run directory {run_dir} is a file; choose another --run-dir")
     if (run_dir / CHECKPOINT).exists():
@@ -149,9 +150,14 @@ def load_config(run_dir: pathlib.Path | str) -> TrainConfig:
 
 
 def check_device(device: str) -> None:
-    """Refuse a CUDA device on a machine without CUDA (one line, before anything is built)."""
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} requested but CUDA is not available")
+    """Refuse a device this machine does not have (one line, before anything is built)."""
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise ConfigError(f"device {device!r} is not a torch device; e.g. cpu, cuda, cuda:1") from None
+    backend = {"cuda": torch.cuda, "mps": getattr(torch.backends, "mps", None), "xpu": getattr(torch, "xpu", None)}
+    if kind != "cpu" and not (kind in backend and backend[kind] is not None and backend[kind].is_available()):
+        raise ConfigError(f"device {device!r} requested but {kind} is not available on this machine")
 
 
 # ----- building, training, loading -----------------------------------------------------------------
@@ -208,6 +214,7 @@ def train(config: TrainConfig, run_dir: pathlib.Path | str, resume: bool = False
     ``resume=True`` it continues from the directory's checkpoint (pass ``load_config(run_dir)``).
     """
     run_dir = pathlib.Path(run_dir)
+    check_device(config.device)
     if resume:
         state = load_checkpoint(run_dir, config.device)
     else:

@@ -21,7 +21,7 @@ diagnose it, and report IQMs with bootstrap confidence intervals.
     python benchmark.py --preset full --backend ray --address auto   # on a Ray cluster
 
 Results go to --out (default results/<preset>): run.json (command and grid),
-cells/<cell>.json, runs/<cell>/ (train.py run directories), evaluations.csv,
+cells/<cell>.json, runs/<cell>/ (run directories, as train.py writes them), evaluations.csv,
 diagnostics.csv and report/ (tables and figures). Run the same command again after an
 interruption: finished cells are kept, a crashed cell resumes from its checkpoint."""
 
@@ -35,7 +35,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", help="override the preset's seeds")
     parser.add_argument("--reg-coefs", type=float, nargs="+", help="override the preset's lambda values")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="train.py overrides added to every cell (e.g. total_agent_steps=1e5)")
+                        help="config overrides of the cells (e.g. total_agent_steps=1e5 reg.steps=2); reg.* reach the methods with that setting, shock.* the adversarial ones")
     parser.add_argument("--attacks", nargs="+", help="override the attacks (random spike system action value)")
     parser.add_argument("--modes", nargs="+", help="override the shock modes (shared per_agent)")
     parser.add_argument("--eps", type=float, nargs="+", help="override the eps grid (0 is always included)")

@@ -81,12 +81,16 @@ def run_cli(*args, timeout=120):
     (["--set", "ppo.num_envs=abc"], "error: ppo.num_envs: expected int, got 'abc' (str)"),
     (["--set", "ppo.learning_rat=0.1"], "error: unknown key(s) ppo.learning_rat; allowed: ppo.num_envs"),
     (["--size", "huge"], "error: unknown size 'huge'; allowed: small, default, large"),
+    (["--device", "gpu"], "error: device 'gpu' is not a torch device"),
+    pytest.param(["--device", "cuda"], "error: device 'cuda' requested but cuda is not available",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")),
 ])
 def test_bad_configs_give_one_clear_line(args, message, tmp_path):
     result = run_cli(*args, "--run-dir", str(tmp_path / "run"))
     assert result.returncode == 2
     assert result.stderr.strip().startswith(message), result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()  # refused before anything is written
 
 
 def test_config_types_are_checked():
