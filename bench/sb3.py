@@ -1,8 +1,8 @@
 """Native learner vs stable-baselines3 PPO: same scenarios, sample budget, seeds and hyper-parameters.
 
-For each scenario (the ``small`` configs of ``configs/``) and seed, trains
+For each scenario (the ``small`` configs of ``agents/configs/``) and seed, trains
 
-* ``native``: ``agents.learner.PPOLearner`` as ``train.py`` builds it (method ``ppo``);
+* ``native``: ``agents.learner.PPOLearner`` as ``agents.run.build_learner`` builds it (method ``ppo``);
 * ``sb3``: SB3's ``PPO`` on ``agents.sb3.make_sb3_env`` (the batched parameter-sharing env) with
   ``agents.sb3.ppo_kwargs`` of the same ``PPOConfig``;
 * ``sb3-supersuit``: the same on the PettingZoo env through SuperSuit (``make_supersuit_vec_env``);
@@ -30,9 +30,7 @@ import time
 
 from rich.progress import track
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-
-import train  # noqa: E402
+from agents.run import atomic_write
 
 LEARNERS = ("native", "sb3", "sb3-supersuit")
 # Both learners train the same policy class: SB3 has one network shared by the agents and no observation
@@ -45,16 +43,16 @@ def run_one(learner: str, scenario: str, seed: int, agent_steps: int, overrides:
     """Train one run; returns its ratio to the reference and its training wall-clock."""
     import torch
 
-    import train
     from agents.config import merge, parse_overrides, resolve
     from agents.evaluate import evaluate_against_references
+    from agents.run import build_learner
     from envs import make_scenario
 
     torch.set_num_threads(1)
     config = resolve(merge(parse_overrides(overrides), {"scenario": scenario, "size": "small", "seed": seed,
                                                         "total_agent_steps": agent_steps}))
     if learner == "native":
-        native = train.build_learner(config)
+        native = build_learner(config)
         start = time.perf_counter()
         while native.iteration < native.total_iterations:
             native.train_iteration()
@@ -136,7 +134,7 @@ def main() -> int:
         futures = [pool.submit(run_one, *job, args.agent_steps, args.set) for job in jobs]
         results = [future.result() for future in track(futures, description="training runs")]
     if args.out:
-        train.atomic_write(pathlib.Path(args.out), lambda tmp: tmp.write_text(json.dumps(results, indent=2)))
+        atomic_write(pathlib.Path(args.out), lambda tmp: tmp.write_text(json.dumps(results, indent=2)))
     text, all_good = table(results, args.seeds, args.learners)
     overrides = f", overrides: {' '.join(args.set)}" if args.set else ""
     print(f"\nsmall configs{overrides}, {args.agent_steps:,} agent-steps per run, "

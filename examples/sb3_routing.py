@@ -5,7 +5,7 @@
 
 Trains stable-baselines3's ``PPO`` and ``agents.sb3.RegularizedPPO`` (the same PPO with the AAJR penalty
 in its loss) on the routing scenario's default config (4 agents, 4 paths, 50 steps; the PPO settings of
-``configs/routing.yaml`` through ``agents.sb3.ppo_kwargs``) with the same seeds, then evaluates each
+``agents/configs/routing.yaml`` through ``agents.sb3.ppo_kwargs``) with the same seeds, then evaluates each
 deterministic policy under shared-state PGA attacks on the system loss (``robustness.evaluate``: K = 10
 steps, l2 ball of radius eps, every step of 64 held-out episodes) and prints the total travel time per
 step relative to the system optimum (1 is optimal, lower is better), the mean over seeds.
@@ -18,16 +18,14 @@ import pathlib
 import statistics
 import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+from stable_baselines3 import PPO
+from stable_baselines3.common.logger import Logger
 
-from stable_baselines3 import PPO  # noqa: E402
-from stable_baselines3.common.logger import Logger  # noqa: E402
+from agents.config import resolve
+from agents.sb3 import RegularizedPPO, RichProgressCallback, SB3Policy, make_sb3_env, ppo_kwargs
+from robustness.evaluate import AttackGrid, evaluate_under_attacks
 
-from agents.config import resolve  # noqa: E402
-from agents.sb3 import RegularizedPPO, RichProgressCallback, SB3Policy, make_sb3_env, ppo_kwargs  # noqa: E402
-from robustness.evaluate import AttackGrid, evaluate_under_attacks  # noqa: E402
-
-CONFIG = resolve({"scenario": "routing"})  # configs/routing.yaml, default size: 4 agents, 4 paths, 50 steps
+CONFIG = resolve({"scenario": "routing"})  # agents/configs/routing.yaml, default size: 4 agents, 4 paths, 50 steps
 
 
 def train(regularized: bool, seed: int, agent_steps: int, reg_coef: float):

@@ -1,4 +1,4 @@
-"""stable-baselines3 bridge: environments, the SB3 policy view, RegularizedPPO (agents/sb3.py)."""
+"""stable-baselines3 bridge: environments, the SB3 policy view, RegularizedPPO (agents/sb3/)."""
 
 import dataclasses
 
@@ -19,9 +19,11 @@ from agents.policy import MultiAgentActorCritic  # noqa: E402
 from agents.ppo import PPOConfig  # noqa: E402
 from agents.sb3 import (RegularizedPPO, RichProgressCallback, SB3Policy, SharedPolicyVecEnv,  # noqa: E402
                         make_sb3_env, make_supersuit_vec_env, ppo_kwargs)
+from envs.batch import Batch  # noqa: E402
 from envs.shock_wrapper import ShockConfig, ShockedVectorEnv  # noqa: E402
 from envs.vector import TorchVectorEnv  # noqa: E402
-from regularizers import REGULARIZERS, RegularizerSettings, make_regularizer  # noqa: E402
+from regularizers import (METHODS, JacobianSettings, PGASettings, SpectralSettings, make_regularizer,  # noqa: E402
+                          regularizer_names)
 from robustness.evaluate import AttackGrid, evaluate_under_attacks  # noqa: E402
 
 
@@ -41,7 +43,7 @@ def small_model(regularizer="aajr", seed=0, dtype=torch.float32, **kwargs):
                           **{**ppo_kwargs(SMALL, 2), **kwargs})
 
 
-def joint_batch(env: SharedPolicyVecEnv, steps: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:
+def joint_batch(env: SharedPolicyVecEnv, steps: int = 3, seed: int = 0) -> Batch:
     """Joint transitions recorded while the SB3 env is stepped with random pre-squash actions."""
     generator = np.random.default_rng(seed)
     env.seed(seed)
@@ -159,18 +161,22 @@ def native_copy(model, scenario) -> MultiAgentActorCritic:
     return native
 
 
-@pytest.mark.parametrize("name", sorted(REGULARIZERS))
+SETTINGS = {"aajr": {"eps": 0.2, "steps": 3}, "smooth": {"eps": 0.2, "steps": 3}, "jacobian": {"directions": 3},
+            "spectral": {"power_iterations": 4}}  # fields of each method's settings that differ from the defaults
+
+
+@pytest.mark.parametrize("name", regularizer_names())
 def test_sb3_penalty_equals_the_native_regularizer_on_the_same_weights_and_batch(name):
-    settings = {"eps": 0.2, "steps": 3, "power_iterations": 4}
+    settings = SETTINGS[name]
     model = small_model(regularizer=name, reg_settings=settings, dtype=torch.float64)
     model.policy.double()
     with torch.no_grad():  # a policy that reacts to its inputs (SB3 initialises the action layer at gain 0.01)
         model.policy.action_net.weight.mul_(50.0)
     env = model.get_env().venv
     batch = joint_batch(env)
-    batch["obs"] = batch["obs"].double()
+    batch = dataclasses.replace(batch, obs=batch.obs.double())
     native = native_copy(model, env.scenario)
-    native_penalty = make_regularizer(name, env.scenario, RegularizerSettings(**settings))
+    native_penalty = make_regularizer(name, env.scenario, METHODS[name].settings(**settings))
 
     model.penalty_generator.manual_seed(11)
     value, diagnostics = model.penalty(batch)
@@ -198,7 +204,7 @@ def test_without_penalty_weight_regularized_ppo_trains_bit_for_bit_as_sb3_ppo():
     reference = PPO("MlpPolicy", make_sb3_env("routing", SMALL.num_envs, **ROUTING), seed=0, device="cpu",
                     **ppo_kwargs(SMALL, 2))
     reference.learn(480)
-    for regularizer in (None, *sorted(REGULARIZERS)):
+    for regularizer in (None, *regularizer_names()):
         model = small_model(regularizer=regularizer, **({} if regularizer is None else {"reg_coef": 0.0}))
         model.learn(480)
         assert same_parameters(model, reference), regularizer
@@ -217,11 +223,15 @@ def test_the_recorded_joint_transitions_are_the_rollout_buffers_observations():
         return array.reshape(envs_sb3, 10, *array.shape[1:]).transpose(0, 1)
 
     assert buffer.generator_ready
-    torch.testing.assert_close(joint["obs"].reshape(10, envs_sb3, -1), by_step(buffer.observations), rtol=0, atol=0)
+    torch.testing.assert_close(joint.obs.reshape(10, envs_sb3, -1), by_step(buffer.observations), rtol=0, atol=0)
     pre_actions = by_step(buffer.actions).clamp(-20, 20)
     expected = model.get_env().venv.squash(pre_actions.double()).float()
-    torch.testing.assert_close(joint["actions"].reshape(10, envs_sb3, -1).float(), expected)
-    assert joint["state/t"].reshape(10, SMALL.num_envs)[:, 0].tolist() == list(range(10))
+    torch.testing.assert_close(joint.actions.reshape(10, envs_sb3, -1).float(), expected)
+    assert joint.state["t"].reshape(10, SMALL.num_envs)[:, 0].tolist() == list(range(10))
+    assert len(joint) == 10 * SMALL.num_envs and joint.log_probs is None
+    env = model.get_env().venv
+    env.start_recording()
+    assert env.stop_recording() is None  # no step recorded: no batch
 
 
 def test_aajr_model_save_and_load_round_trips(tmp_path):
@@ -254,6 +264,22 @@ def test_aajr_model_save_and_load_round_trips(tmp_path):
         RegularizedPPO.load(path, env=env, reg_coef=-0.5)
     with pytest.raises(ValueError, match="unknown regularizer 'jacobi'"):
         RegularizedPPO.load(path, env=env, regularizer="jacobi")
+    # another regularizer: the saved settings are checked against its own settings class
+    smooth = RegularizedPPO.load(path, env=env, regularizer="smooth")
+    assert (smooth.regularizer, smooth.reg_settings) == ("smooth", {"eps": 0.15, "steps": 2})
+    with pytest.raises(ValueError, match=r"unknown argument\(s\) 'eps', 'steps' for JacobianSettings; "
+                                         r"allowed: directions, budget"):
+        RegularizedPPO.load(path, env=env, regularizer="jacobian")
+    jacobian = RegularizedPPO.load(path, env=env, regularizer="jacobian", reg_settings={"directions": 2})
+    assert (jacobian.regularizer, jacobian.reg_settings) == ("jacobian", {"directions": 2})
+    jacobian.penalty_generator.manual_seed(0)
+    expected = make_regularizer("jacobian", env.venv.scenario, JacobianSettings(directions=2))(
+        SB3Policy(model, env.venv.scenario), batch, torch.Generator().manual_seed(0))[0]
+    torch.testing.assert_close(jacobian.penalty(batch)[0], expected, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="regularizer=None takes no reg_settings"):
+        RegularizedPPO.load(path, env=env, regularizer=None)
+    plain = RegularizedPPO.load(path, env=env, regularizer=None, reg_settings=None)
+    assert (plain.regularizer, plain.reg_settings) == (None, {})
 
 
 def test_bad_arguments_are_refused():
@@ -261,19 +287,48 @@ def test_bad_arguments_are_refused():
         small_model(regularizer="jacobi")
     with pytest.raises(ValueError, match="reg_coef"):
         small_model(reg_coef=-1.0)
-    unknown_key = r"unknown argument\(s\) 'epsilon' for RegularizerSettings; allowed: eps, steps"
+    unknown_key = r"unknown argument\(s\) 'epsilon' for PGASettings; allowed: eps, steps, norm, budget"
     with pytest.raises(ValueError, match=unknown_key):
         small_model(reg_settings={"epsilon": 0.1})
-    with pytest.raises(ValueError, match="eps"):
+    with pytest.raises(ValueError, match="eps must"):
         small_model(reg_settings={"eps": 0.0})
+    with pytest.raises(ValueError, match=r"unknown argument\(s\) 'steps' for JacobianSettings; allowed: directions"):
+        small_model(regularizer="jacobian", reg_settings={"steps": 3})  # a field of another method's settings
+    with pytest.raises(ValueError, match="reg_settings of 'jacobian' must be a dict of JacobianSettings fields or a "
+                                         "JacobianSettings, got PGASettings"):
+        small_model(regularizer="jacobian", reg_settings=PGASettings())
+    with pytest.raises(ValueError, match="regularizer=None takes no reg_settings"):
+        small_model(regularizer=None, reg_settings={"eps": 0.1})
+    for method in ("specnorm", "adv", "ppo"):  # methods without a penalty of their own in a PPO loss
+        with pytest.raises(ValueError, match=f"unknown regularizer '{method}'; allowed: 'aajr', 'jacobian'"):
+            small_model(regularizer=method)
     with pytest.raises(ValueError, match="need the joint transitions of a SharedPolicyVecEnv"):
         RegularizedPPO("MlpPolicy", make_supersuit_vec_env("routing", **ROUTING), n_steps=10, batch_size=20)
     normalised = VecNormalize(make_sb3_env("routing", 2, **ROUTING))
     with pytest.raises(ValueError, match="wrapped in VecNormalize; allowed wrappers: VecMonitor"):
         RegularizedPPO("MlpPolicy", normalised, n_steps=10, batch_size=20)
     model = small_model()
+    assert model._joint_rollout is None
     with pytest.raises(RuntimeError, match="no joint transitions recorded"):
         model.train()
+
+
+def test_reg_settings_are_a_dict_of_the_methods_own_fields_and_build_its_penalty():
+    assert small_model(regularizer="jacobian").reg_settings == {}  # the method's defaults
+    penalties = []
+    for settings in (SpectralSettings(power_iterations=1), {"power_iterations": 6}):
+        model = small_model(regularizer="spectral", reg_settings=settings)
+        fields = dataclasses.asdict(settings) if isinstance(settings, SpectralSettings) else settings
+        assert model.reg_settings == fields and isinstance(model.reg_settings, dict)
+        env = model.get_env().venv
+        batch = joint_batch(env)
+        model.penalty_generator.manual_seed(0)
+        value, _ = model.penalty(batch)
+        expected, _ = make_regularizer("spectral", env.scenario, SpectralSettings(**fields))(
+            SB3Policy(model, env.scenario), batch, torch.Generator().manual_seed(0))
+        torch.testing.assert_close(value, expected, rtol=0, atol=0)
+        penalties.append(value.item())
+    assert penalties[0] != penalties[1]  # the same weights and batch: the settings made the difference
 
 
 # ----- SB3 models as victims ------------------------------------------------------------------------
@@ -330,7 +385,8 @@ def test_ppo_kwargs_follow_the_native_config():
     cfg = dataclasses.replace(SMALL, learning_rate=1e-3, num_minibatches=2, clip_value_loss=False, vf_coef=0.4)
     kwargs = ppo_kwargs(cfg, n_agents=4)
     assert kwargs["batch_size"] == 10 * 8 * 4 // 2 and kwargs["n_steps"] == 10
-    assert kwargs["learning_rate"](1.0) == pytest.approx(1e-3) and kwargs["learning_rate"](0.25) == pytest.approx(2.5e-4)
+    assert kwargs["learning_rate"](1.0) == pytest.approx(1e-3)
+    assert kwargs["learning_rate"](0.25) == pytest.approx(2.5e-4)
     assert kwargs["clip_range_vf"] is None and kwargs["vf_coef"] == pytest.approx(0.2)
 
 
@@ -343,8 +399,8 @@ def test_the_readme_example_runs(tmp_path):
 
     root = pathlib.Path(__file__).resolve().parent.parent
     completed = subprocess.run(
-        [sys.executable, str(root / "examples" / "sb3_routing.py"), "--seeds", "0", "--agent-steps", "12800", "--eps", "0.1",
-         "--save", str(tmp_path)], capture_output=True, text=True, timeout=600, cwd=root)
+        [sys.executable, str(root / "examples" / "sb3_routing.py"), "--seeds", "0", "--agent-steps", "12800",
+         "--eps", "0.1", "--save", str(tmp_path)], capture_output=True, text=True, timeout=600, cwd=root)
     assert completed.returncode == 0, completed.stderr
     assert "| 0.1 |" in completed.stdout and "| eps | ppo | ppo+aajr |" in completed.stdout
     assert RegularizedPPO.load(tmp_path / "ppo+aajr-seed0.zip").regularizer == "aajr"
