@@ -6,13 +6,19 @@ The victim is any callable mapping observations ``(B, N, D)`` (a torch tensor) t
 actions ``(B, N, A)`` (the learner's ``policy.deterministic_action``, a wrapped SB3 model, a plain
 function); the ``value`` objective also needs ``value_fn`` ``(B, N, D) -> (B, N)``. Objectives:
 ``system`` (the scenario's system loss), ``action`` (maximal action deviation), ``value`` (lower the
-critic), and the non-adaptive ``random`` (uniform in the ball) and ``spike`` (the scenario's fixed
-demand-spike direction). Shocks move only the scenario's shock channels and may take an observation
+critic), ``random_search`` (the system loss, gradient-free: random points on the boundary of the ball
+plus the PGD result, the best kept), and the non-adaptive ``random`` (uniform in the ball) and
+``spike`` (the scenario's fixed demand-spike direction). The gradient attacks run PGA with the step
+``rule`` (``gradient`` as in training, or ``normalized``); with ``best_iterate``, ``restarts`` or
+``random_search`` they keep each sample's best iterate over the zero start and the random restarts
+(``envs.shocks.pgd_attack``). Shocks move only the scenario's shock channels and may take an observation
 up to eps outside its nominal box.
 
 ``info`` (batched: tensors ``(B,)``; PettingZoo: floats per agent) holds ``shock/norm`` (largest
-applied ``||delta||_p`` over agents), ``shock/gain`` (system-objective increase, or the adaptive
-objective's increase, from the unshocked value, summed over attacked agents) and ``shock/shocked``.
+applied ``||delta||_p`` over agents), ``shock/budget_use`` (that norm over eps: 1 on the boundary of
+the ball), ``shock/gain`` (system-objective increase, or the adaptive objective's increase, from the
+unshocked value, summed over attacked agents), ``shock/shocked`` and, for ``random_search``,
+``shock/search_wins`` (the fraction of attacked agents where a random candidate beat PGD's result).
 """
 
 from __future__ import annotations
@@ -25,11 +31,11 @@ import torch
 from pettingzoo.utils.wrappers import BaseParallelWrapper
 
 from envs.core import check_choice, check_positive_int, check_real, make_generator
-from envs.shocks import (MODES, NORMS, action_objective, pga, random_in_ball, spike_shock, system_objective,
-                         value_objective)
+from envs.shocks import (MODES, NORMS, RULES, action_objective, budget_use, pga, pgd_attack, random_in_ball,
+                         random_search, spike_shock, system_objective, value_objective)
 from envs.vector import TorchVectorEnv, VectorStep
 
-ATTACKS = ("system", "action", "value", "random", "spike")
+ATTACKS = ("system", "action", "value", "random", "spike", "random_search")
 
 Policy = Callable[[torch.Tensor], torch.Tensor]
 
@@ -42,11 +48,15 @@ class ShockConfig:
     :param norm: ``l2`` or ``linf``.
     :param steps: PGA steps K.
     :param step_size: PGA step eta (default ``2.5 eps / K``).
-    :param objective: ``system``, ``action``, ``value``, ``random`` or ``spike``.
+    :param objective: ``system``, ``action``, ``value``, ``random_search``, ``random`` or ``spike``.
     :param mode: ``shared`` (one delta on the shared state, seen by every agent) or ``per_agent``.
     :param prob: probability that a step is shocked (per environment).
     :param random_start: start PGA at a random point of the ball (always on for ``action``, whose
         objective has a stationary point at 0).
+    :param rule: PGA's step rule, ``gradient`` (eq. 11) or ``normalized`` (``envs.shocks``).
+    :param best_iterate: keep each sample's best iterate instead of the last.
+    :param restarts: random restarts besides the start above (the best iterate over all is kept).
+    :param candidates: ``random_search``: random boundary points per step besides the PGD result.
     """
 
     eps: float = 0.1
@@ -57,6 +67,10 @@ class ShockConfig:
     mode: str = "shared"
     prob: float = 1.0
     random_start: bool = False
+    rule: str = "gradient"
+    best_iterate: bool = False
+    restarts: int = 0
+    candidates: int = 64
 
     def __post_init__(self) -> None:
         check_real("eps", self.eps, 0.0, low_open=True)
@@ -67,6 +81,15 @@ class ShockConfig:
         check_choice("objective", self.objective, ATTACKS)
         check_choice("mode", self.mode, MODES)
         check_real("prob", self.prob, 0.0, 1.0)
+        check_choice("rule", self.rule, RULES)
+        if isinstance(self.restarts, bool) or not isinstance(self.restarts, int) or self.restarts < 0:
+            raise ValueError(f"restarts must be an integer >= 0, got {self.restarts!r}")
+        check_positive_int("candidates", self.candidates)
+
+    @property
+    def keeps_best(self) -> bool:
+        """Whether the attack keeps the best iterate over its runs (``envs.shocks.pgd_attack``)."""
+        return self.best_iterate or self.restarts > 0 or self.objective == "random_search"
 
 
 def compute_shock(scenario, state: dict, obs: torch.Tensor, policy: Policy, cfg: ShockConfig,
@@ -83,27 +106,41 @@ def compute_shock(scenario, state: dict, obs: torch.Tensor, policy: Policy, cfg:
     else:
         objective = system_objective(scenario, state, obs, policy, cfg.mode)
     options = {"device": obs.device, "dtype": obs.dtype}
+    mask = scenario.shock_mask
+    random_start = cfg.random_start or cfg.objective == "action"
+    trajectory = attack = None
+    extra: dict[str, torch.Tensor] = {}
     if cfg.objective == "random":
-        delta = random_in_ball(shape, cfg.eps, cfg.norm, scenario.shock_mask.to(obs.dtype), generator, **options)
+        delta = random_in_ball(shape, cfg.eps, cfg.norm, mask.to(obs.dtype), generator, **options)
     elif cfg.objective == "spike":
         delta = spike_shock(scenario, shape, cfg.eps, cfg.norm).to(**options)
-    random_start = cfg.random_start or cfg.objective == "action"
-    trajectory = None
-    if cfg.objective not in ("random", "spike"):
-        trajectory = pga(objective, shape, cfg.eps, cfg.norm, cfg.steps, cfg.step_size, scenario.shock_mask,
-                         random_start, generator, **options)
+    elif not cfg.keeps_best:  # the plain K-step PGA of the training rollouts
+        trajectory = pga(objective, shape, cfg.eps, cfg.norm, cfg.steps, cfg.step_size, mask, random_start,
+                         generator, rule=cfg.rule, **options)
         delta = trajectory.deltas[-1]
+    else:
+        attack = pgd_attack(objective, shape, cfg.eps, cfg.norm, cfg.steps, cfg.step_size, mask, cfg.rule,
+                            cfg.restarts + int(random_start and cfg.restarts == 0), generator,
+                            zero_start=not random_start, **options)
+        if cfg.objective == "random_search":
+            attack, won = random_search(objective, attack, cfg.eps, cfg.norm, cfg.candidates, mask, generator)
+            extra["shock/search_wins"] = won.reshape(batch, -1).to(obs.dtype).mean(-1)
+        delta = attack.delta
     shocked = torch.rand(batch, generator=generator, **options) < cfg.prob
     delta = delta * shocked.view(-1, *([1] * (delta.dim() - 1)))
     if trajectory is not None and not random_start:  # PGA already evaluated g(0) and g(delta_K)
         gain = torch.where(shocked.view(-1, *([1] * (trajectory.values.dim() - 2))),
                            trajectory.values[-1] - trajectory.values[0], 0.0)
+    elif attack is not None:
+        gain = torch.where(shocked.view(-1, *([1] * (attack.value.dim() - 1))), attack.value - attack.clean_value,
+                           0.0)
     else:
         with torch.no_grad():
             gain = objective(delta) - objective(torch.zeros_like(delta))
     per_agent = delta if cfg.mode == "per_agent" else delta.unsqueeze(1)
     size = per_agent.abs().amax(-1) if cfg.norm == "linf" else per_agent.norm(dim=-1)
-    info = {"shock/norm": size.amax(-1), "shock/gain": gain.reshape(batch, -1).sum(-1), "shock/shocked": shocked}
+    info = {"shock/norm": size.amax(-1), "shock/budget_use": budget_use(per_agent, cfg.eps, cfg.norm).amax(-1),
+            "shock/gain": gain.reshape(batch, -1).sum(-1), "shock/shocked": shocked, **extra}
     return per_agent.expand(batch, n, dim), info
 
 

@@ -6,13 +6,24 @@ perturbation (``delta`` of shape ``(*batch, D)``, ``g`` of shape ``batch``; samp
 runs K steps of
 
     u_t = grad g(delta_t) / (||grad g(delta_t)||_2 + eps0)                                        (12)
-    delta_{t+1} = Proj_Delta(delta_t + eta * step(grad g(delta_t)))
+    delta_{t+1} = Proj_Delta(delta_t + eta * step_t)
 
-with ``step`` the identity (l2 ball) or ``sign`` (linf ball), gradients and iterates restricted to the
-shock channels (``mask``), ``Delta = {||delta||_p <= eps, delta = 0 outside the mask}``, and returns
-the whole trajectory: the iterates ``delta_0..delta_K``, the directions ``u_0..u_{K-1}`` and ``g`` at
-every iterate. Zero gradients give ``u = 0`` and no step. Shared shocks use ``delta`` ``(B, D)``
-broadcast to every agent by the objective; per-agent shocks use ``(B, N, D)``.
+with gradients and iterates restricted to the shock channels (``mask``), ``Delta = {||delta||_p <= eps,
+delta = 0 outside the mask}``, and returns the whole trajectory: the iterates ``delta_0..delta_K``, the
+directions ``u_0..u_{K-1}`` and ``g`` at every iterate. Zero gradients give ``u = 0`` and no step.
+Shared shocks use ``delta`` ``(B, D)`` broadcast to every agent by the objective; per-agent shocks use
+``(B, N, D)``. Two step rules (``RULES``):
+
+* ``gradient``: ``step_t = grad g`` on the l2 ball (eq. 11 as written), ``sign(grad g)`` on linf. How
+  far it moves depends on the size of the gradient: against a policy with small input gradients it
+  barely leaves 0, so as an *attack* it flatters regularised policies (gradient masking).
+* ``normalized``: ``step_t = u_t`` on l2, ``sign(grad g)`` on linf: steepest ascent with steps of
+  fixed length, which fills the ball in about ``eps / eta`` steps whatever the gradient's size
+  (Madry et al.'s PGD).
+
+``pgd_attack`` is the evaluation attack on top of ``pga``: the best iterate of every sample over the
+zero start and ``restarts`` random starts. ``random_search`` is the gradient-free check: candidates
+on the boundary of the ball plus a PGD result, the best kept.
 """
 
 from __future__ import annotations
@@ -24,6 +35,7 @@ import torch
 from envs.core import check_choice, check_positive_int, check_real
 
 NORMS = ("l2", "linf")
+RULES = ("gradient", "normalized")
 
 
 class PGATrajectory(NamedTuple):
@@ -65,7 +77,8 @@ def random_in_ball(shape: tuple[int, ...], eps: float, norm: str, mask: torch.Te
 def pga(objective: Callable[[torch.Tensor], torch.Tensor], delta_shape: tuple[int, ...], eps: float,
         norm: str = "l2", steps: int = 5, step_size: float | None = None, mask: torch.Tensor | None = None,
         random_start: bool = False, generator: torch.Generator | None = None, device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.float32, eps0: float = 1e-12) -> PGATrajectory:
+        dtype: torch.dtype = torch.float32, eps0: float = 1e-12, rule: str = "gradient",
+        start: torch.Tensor | None = None) -> PGATrajectory:
     """K-step projected gradient ascent of ``objective`` over the eps-ball (see the module docstring).
 
     :param objective: ``g(delta) -> (*batch,)``, differentiable, one value per perturbation.
@@ -77,15 +90,21 @@ def pga(objective: Callable[[torch.Tensor], torch.Tensor], delta_shape: tuple[in
     :param mask: bool ``(D,)``, the features the shock may move (all when None).
     :param random_start: start from a uniform point of the ball instead of 0 (needs ``generator``).
     :param eps0: stabiliser of the direction normalisation (eq. 12).
+    :param rule: ``gradient`` or ``normalized`` (module docstring); the directions ``u_t`` are eq. 12
+        under either.
+    :param start: the starting point ``delta_0`` ``(*batch, D)`` (in the ball), instead of 0 or a random one.
 
     The objective's parameters receive no gradient from PGA; the returned tensors are detached.
     """
     check_real("eps", eps, 0.0, low_open=True)
     check_choice("norm", norm, NORMS)
     steps = check_positive_int("steps", steps)
+    check_choice("rule", rule, RULES)
     step_size = 2.5 * eps / steps if step_size is None else check_real("step_size", step_size, 0.0, low_open=True)
     mask_values = None if mask is None else mask.to(device=device, dtype=dtype)
-    if random_start:
+    if start is not None:
+        delta = project(start.detach().to(device=device, dtype=dtype), eps, norm, mask_values)
+    elif random_start:
         if generator is None:
             raise ValueError("random_start=True needs a torch.Generator for reproducibility")
         delta = random_in_ball(delta_shape, eps, norm, mask_values, generator, device, dtype)
@@ -108,10 +127,99 @@ def pga(objective: Callable[[torch.Tensor], torch.Tensor], delta_shape: tuple[in
         if mask_values is not None:
             grad = grad * mask_values
         directions.append(grad / (grad.norm(dim=-1, keepdim=True) + eps0))
-        ascent = grad.sign() if norm == "linf" else grad
+        ascent = grad.sign() if norm == "linf" else grad if rule == "gradient" else directions[-1]
         delta = project(delta + step_size * ascent, eps, norm, mask_values)
         deltas.append(delta)
     return PGATrajectory(torch.stack(deltas), torch.stack(directions), torch.stack(values))
+
+
+def best_iterate(trajectory: PGATrajectory) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each sample's best iterate ``(*batch, D)`` and its objective value ``(*batch)`` along a trajectory."""
+    best = trajectory.values.argmax(0)
+    delta = torch.gather(trajectory.deltas, 0, best.unsqueeze(0).unsqueeze(-1).expand(
+        1, *trajectory.deltas.shape[1:]))[0]
+    return delta, trajectory.values.amax(0)
+
+
+def budget_use(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    """``||delta||_p / eps`` over the last dimension: 1 on the boundary of the ball."""
+    size = delta.abs().amax(-1) if norm == "linf" else delta.norm(dim=-1)
+    return size / eps
+
+
+class Attack(NamedTuple):
+    """An attack's shock and objective values; ``batch`` is ``delta.shape[:-1]``."""
+
+    delta: torch.Tensor  # (*batch, D)
+    value: torch.Tensor  # (*batch) g(delta)
+    clean_value: torch.Tensor  # (*batch) g(0)
+
+
+def pgd_attack(objective: Callable[[torch.Tensor], torch.Tensor], delta_shape: tuple[int, ...], eps: float,
+               norm: str = "l2", steps: int = 20, step_size: float | None = None, mask: torch.Tensor | None = None,
+               rule: str = "normalized", restarts: int = 2, generator: torch.Generator | None = None,
+               device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+               zero_start: bool = True) -> Attack:
+    """PGD as an attack: ``pga`` from 0 (``zero_start``) and from ``restarts`` uniform random points of
+    the ball, keeping each sample's best iterate over every run (never worse than the last iterate, and
+    restarts never worse than none: the zero-start run is always among the candidates when it is made).
+    """
+    if restarts < 0 or isinstance(restarts, bool) or not isinstance(restarts, int):
+        raise ValueError(f"restarts must be an integer >= 0, got {restarts!r}")
+    if not zero_start and restarts == 0:
+        raise ValueError("pgd_attack needs the zero start or at least one random restart")
+    if restarts and generator is None:
+        raise ValueError("random restarts need a torch.Generator for reproducibility")
+    options = {"mask": mask, "rule": rule, "device": device, "dtype": dtype}
+    best_delta, best_value, clean = None, None, None
+    for run in range(int(zero_start) + restarts):
+        random_start = run > 0 or not zero_start
+        trajectory = pga(objective, delta_shape, eps, norm, steps, step_size, random_start=random_start,
+                         generator=generator, **options)
+        delta, value = best_iterate(trajectory)
+        if clean is None and not random_start:
+            clean = trajectory.values[0]
+        if best_value is None:
+            best_delta, best_value = delta, value
+        else:
+            better = value > best_value
+            best_delta = torch.where(better.unsqueeze(-1), delta, best_delta)
+            best_value = torch.maximum(value, best_value)
+    if clean is None:
+        with torch.no_grad():
+            clean = objective(torch.zeros(delta_shape, device=device, dtype=dtype)).detach()
+    return Attack(best_delta, best_value, clean)
+
+
+def on_boundary(shape: tuple[int, ...], eps: float, norm: str, mask: torch.Tensor | None, generator: torch.Generator,
+                device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
+    """Random points on the boundary of the (masked) eps-ball, ``shape = (*batch, D)``: uniform on the l2
+    sphere of the mask's subspace, or random vertices ``+-eps`` of the linf cube."""
+    if norm == "linf":
+        signs = torch.randint(0, 2, shape, generator=generator, device=device).to(dtype) * 2 - 1
+        return eps * (signs * mask if mask is not None else signs)
+    gaussian = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+    if mask is not None:
+        gaussian = gaussian * mask
+    return eps * gaussian / gaussian.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+
+
+def random_search(objective: Callable[[torch.Tensor], torch.Tensor], start: Attack, eps: float, norm: str,
+                  candidates: int, mask: torch.Tensor | None, generator: torch.Generator) -> tuple[Attack, torch.Tensor]:
+    """The gradient-free attack: ``candidates`` random points on the boundary of the ball per sample and
+    the PGD result ``start``; keeps each sample's best (never worse than ``start``). Also returns where a
+    random candidate won ``(*batch)`` bool: where PGD's own result was beaten (a gradient-masking sign)."""
+    candidates = check_positive_int("candidates", candidates)
+    best_delta, best_value = start.delta, start.value
+    with torch.no_grad():
+        for _ in range(candidates):
+            delta = on_boundary(tuple(start.delta.shape), eps, norm, None if mask is None else mask.to(start.delta),
+                                generator, start.delta.device, start.delta.dtype)
+            value = objective(delta)
+            better = value > best_value
+            best_delta = torch.where(better.unsqueeze(-1), delta, best_delta)
+            best_value = torch.maximum(value, best_value)
+    return Attack(best_delta, best_value, start.clean_value), best_value > start.value
 
 
 # --------------------------------------------------------------------------------------------

@@ -29,20 +29,27 @@ EVAL_SEED = 20_000  # evaluation episodes never reuse training seeds
 class AttackGrid:
     """The attacks a trained policy is evaluated under.
 
-    :param attacks: shock objectives (``random``, ``spike``, ``system``, ``action``, ``value``).
+    :param attacks: shock objectives (``envs.shock_wrapper.ATTACKS``: ``random``, ``spike``, ``system``,
+        ``action``, ``value``, ``random_search``).
     :param modes: ``shared`` and/or ``per_agent``.
     :param eps: budgets; 0 is the nominal evaluation (added when missing).
     :param steps: PGA steps K of the attacks (stronger than the training attacks by default).
     :param norm: ``l2`` or ``linf``.
     :param episodes: environments evaluated in parallel, one episode each.
+    :param rule: PGA's step rule; ``normalized`` fills the ball whatever the victim's gradient size.
+    :param restarts: random restarts of every gradient attack besides its zero start (best iterate kept).
+    :param candidates: random boundary points per step of ``random_search``.
     """
 
-    attacks: tuple[str, ...] = ("random", "spike", "system", "action", "value")
+    attacks: tuple[str, ...] = ("random", "spike", "system", "action", "value", "random_search")
     modes: tuple[str, ...] = ("shared", "per_agent")
     eps: tuple[float, ...] = DEFAULT_EPS
-    steps: int = 10
+    steps: int = 20
     norm: str = "l2"
     episodes: int = 64
+    rule: str = "normalized"
+    restarts: int = 2
+    candidates: int = 32
 
     def __post_init__(self) -> None:
         for attack in self.attacks:
@@ -54,12 +61,20 @@ class AttackGrid:
         check_positive_int("steps", self.steps)
         check_choice("norm", self.norm, NORMS)
         check_positive_int("episodes", self.episodes)
+        self.shock(self.attacks[0] if self.attacks else "system", "shared", 1.0)  # checks rule, restarts, candidates
         object.__setattr__(self, "eps", tuple(sorted({0.0, *map(float, self.eps)})))
+
+
+    def shock(self, attack: str, mode: str, eps: float) -> ShockConfig:
+        """The shock of one cell of the grid: every step attacked, best iterate over the restarts."""
+        return ShockConfig(eps=eps, norm=self.norm, steps=self.steps, objective=attack, mode=mode, prob=1.0,
+                           rule=self.rule, best_iterate=True, restarts=self.restarts, candidates=self.candidates)
 
 
 def play(env: TorchVectorEnv, policy, shock: ShockConfig | None, seed: int) -> dict[str, float]:
     """One episode in every environment of ``env`` (``auto_reset=False``) with the deterministic
-    policy, under ``shock`` (every step) or none; mean return per agent and system loss per step."""
+    policy, under ``shock`` (every step) or none; mean return per agent, system loss per step and the
+    shocks' mean budget use ``||delta|| / eps`` (0 without a shock)."""
     stepper = env if shock is None else ShockedVectorEnv(
         env, lambda obs: policy.deterministic_action(obs.float()).to(obs.dtype), shock,
         value_fn=lambda obs: policy.value(obs.float()), seed=seed)
@@ -67,13 +82,16 @@ def play(env: TorchVectorEnv, policy, shock: ShockConfig | None, seed: int) -> d
                           seed)
     returns = functools.reduce(torch.add, episode.rewards.float().unbind(0))  # (B, N), summed step by step
     losses = functools.reduce(torch.add, episode.system_loss.float().unbind(0))
-    return {"return_per_agent": float(returns.mean()), "system_loss": float(losses.mean()) / env.max_steps}
+    use = episode.info.get("shock/budget_use")
+    return {"return_per_agent": float(returns.mean()), "system_loss": float(losses.mean()) / env.max_steps,
+            "budget_use": 0.0 if use is None else float(use.float().mean())}
 
 
 def evaluate_under_attacks(scenario, policy, grid: AttackGrid, seed: int = EVAL_SEED) -> list[dict[str, Any]]:
-    """One row per (attack, mode, eps) with ``return_per_agent``, ``system_loss``,
+    """One row per (attack, mode, eps) with ``return_per_agent``, ``system_loss``, ``budget_use``,
     ``ratio_to_reference`` and ``ratio_higher_is_better``; the eps = 0 row of every attack is the
-    nominal evaluation (computed once)."""
+    nominal evaluation (computed once). Per (mode, eps), a row with attack ``worst``: the attack with
+    the lowest return, named in ``worst_attack`` (``-`` in the other rows)."""
     env = TorchVectorEnv(scenario, num_envs=grid.episodes, auto_reset=False)
     reference_name = TARGET_REFERENCE.get(scenario.name, scenario.reference_names[0])
     reference = evaluate_policy(scenario, lambda state: scenario.reference_action(state, reference_name),
@@ -82,7 +100,7 @@ def evaluate_under_attacks(scenario, policy, grid: AttackGrid, seed: int = EVAL_
     def row(attack: str, mode: str, eps: float, metrics: dict[str, float]) -> dict[str, Any]:
         return {"attack": attack, "mode": mode, "eps": eps, **metrics,
                 "ratio_to_reference": metrics["system_loss"] / reference,
-                "ratio_higher_is_better": int(reference < 0)}
+                "ratio_higher_is_better": int(reference < 0), "worst_attack": "-"}
 
     nominal = play(env, policy, None, seed)
     rows = [row("none", "-", 0.0, nominal)]
@@ -91,7 +109,20 @@ def evaluate_under_attacks(scenario, policy, grid: AttackGrid, seed: int = EVAL_
             rows.append(row(attack, mode, 0.0, nominal))
             for eps in grid.eps:
                 if eps > 0:
-                    shock = ShockConfig(eps=eps, norm=grid.norm, steps=grid.steps, objective=attack, mode=mode,
-                                        prob=1.0)
-                    rows.append(row(attack, mode, eps, play(env, policy, shock, seed)))
-    return rows
+                    rows.append(row(attack, mode, eps, play(env, policy, grid.shock(attack, mode, eps), seed)))
+    return rows + worst_rows(rows)
+
+
+def worst_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (mode, eps) of the attacked rows, the row with the lowest ``return_per_agent`` as attack
+    ``worst``, its attack named in ``worst_attack`` (``none`` at eps = 0, where every attack is the
+    nominal evaluation)."""
+    worst: dict[tuple[str, float], dict[str, Any]] = {}
+    for candidate in rows:
+        key = (candidate["mode"], candidate["eps"])
+        if candidate["attack"] in ("none", "worst"):
+            continue
+        if key not in worst or candidate["return_per_agent"] < worst[key]["return_per_agent"]:
+            worst[key] = candidate
+    return [{**chosen, "attack": "worst", "worst_attack": "none" if eps == 0 else chosen["attack"]}
+            for (mode, eps), chosen in worst.items()]

@@ -6,8 +6,13 @@ runner) and writes into ``RESULTS_DIR/report/``:
 * ``robustness.md/.csv``: per scenario and (attack, mode), per method (x reg_coef lambda when a
   method has several) and eps: IQM [95% CI] over seeds of ``return_per_agent`` and
   ``ratio_to_reference``;
-* ``price_of_robustness.md/.csv``: per scenario and method, under the strongest attack (``system``,
-  ``shared`` by default): the nominal return R(0) (eps = 0), the robust return R(eps) at every
+* ``attacks.md/.csv``: per scenario, attack, shock mode and method: the budget use ``||delta|| / eps``
+  of every attack (IQM [CI]); which attack was the worst case, counted over seeds; and the
+  gradient-masking warnings: cells where ``random_search`` lowers the return below PGD's (``system``)
+  by more than noise (the paired per-seed difference's 95% CI lies below 0);
+* ``price_of_robustness.md/.csv``: per scenario and method, under the headline attack (``worst``, the
+  lowest return over every attack evaluated, per seed; ``shared`` shock by default): the nominal
+  return R(0) (eps = 0), the robust return R(eps) at every
   eps > 0, the Price of Robustness ``PoR = R_ppo(0) - R(0)`` (nominal return lost relative to plain
   PPO) and the robust gain ``G(eps) = R(eps) - R_ppo(eps)``, both paired per seed (same scenario,
   same seed) before the IQM [CI] is taken;
@@ -24,7 +29,7 @@ a sidecar ``<name>.provenance.json`` with the same information (the CSVs stay pl
 reader); every PNG carries it in its metadata (``Source``: benchmark command, ``Comment``: report
 command and run.json) and is shown with its caption in ``index.md``.
 
-CLI: ``python -m robustness.report RESULTS_DIR [--reps N] [--attack system] [--mode shared]``.
+CLI: ``python -m robustness.report RESULTS_DIR [--reps N] [--attack worst] [--mode shared]``.
 """
 
 from __future__ import annotations
@@ -46,10 +51,12 @@ from robustness.stats import BOOTSTRAP_SEED, CONFIDENCE, REPS, Estimate, aggrega
 
 CELL = ("scenario", "method", "reg_coef", "seed")
 EVAL_KEYS = (*CELL, "attack", "mode", "eps")
-EVAL_VALUES = ("return_per_agent", "system_loss", "ratio_to_reference", "ratio_higher_is_better")
+EVAL_VALUES = ("return_per_agent", "system_loss", "ratio_to_reference", "ratio_higher_is_better", "budget_use",
+               "worst_attack")
 DIAGNOSTICS = ("jvp_norm_mean", "jvp_norm_max", "global_norm_mean", "budget", "frac_directional_only",
                "curvature_mean", "curvature_max", "nonmonotone_rate", "eval_states")
-TEXT_COLUMNS = ("scenario", "method", "attack", "mode")
+TEXT_COLUMNS = ("scenario", "method", "attack", "mode", "worst_attack")
+HEADLINE_ATTACK = "worst"
 INTEGER_COLUMNS = ("seed", "ratio_higher_is_better", "eval_states")
 BASELINE = "ppo"
 ROBUSTNESS_KEYS = ("scenario", "attack", "mode", "method", "reg_coef", "eps")
@@ -201,6 +208,71 @@ def robustness_tables(evals: list[dict[str, Any]], labels: Labels, reps: int) ->
     return "".join(markdown), csv_rows, estimates["return_per_agent"]
 
 
+def attack_tables(evals: list[dict[str, Any]], labels: Labels, reps: int) -> tuple[str, list[dict]]:
+    """Markdown and CSV rows of the attack table: budget use per attack, the worst attack's counts over
+    seeds, and the gradient-masking warnings (``random_search`` below ``system`` PGD beyond noise)."""
+    attacked = [row for row in evals if row["eps"] > 0 and row["attack"] not in ("none", HEADLINE_ATTACK)]
+    keys = ("scenario", "attack", "mode", "method", "reg_coef", "eps")
+    use = aggregate(attacked, "budget_use", keys, reps)
+    csv_rows = estimate_rows(use, keys, "budget_use")
+    warnings = masking_warnings(evals, reps)
+    csv_rows += [{"scenario": w["scenario"], "attack": "random_search", "mode": w["mode"], "method": w["method"],
+                  "reg_coef": w["reg_coef"], "eps": w["eps"], "quantity": "masking_gap", "iqm": w["gap"].iqm,
+                  "ci_low": w["gap"].lo, "ci_high": w["gap"].hi, "n": w["gap"].n} for w in warnings]
+    markdown = ["Budget use: ||δ|| / ε of the shocks each attack applied (1: the boundary of the ball), IQM [95% CI] "
+                "over seeds. A gradient attack far below 1 is a finding about the attack, not about the policy.\n\n"]
+    worst = [row for row in evals if row["attack"] == HEADLINE_ATTACK and row["eps"] > 0]
+    for scenario in unique(row["scenario"] for row in attacked):
+        rows = [row for row in attacked if row["scenario"] == scenario]
+        for mode in unique(row["mode"] for row in rows):
+            grid = sorted(unique(row["eps"] for row in rows if row["mode"] == mode))
+            body = [[attack, labels(scenario, *cell)]
+                    + [fmt(use.get((scenario, attack, mode, *cell, eps))) for eps in grid]
+                    for attack in unique(row["attack"] for row in rows if row["mode"] == mode)
+                    for cell in labels.cells[scenario]]
+            markdown.append(f"## {scenario}, {mode} shock: budget use\n\n"
+                            + markdown_table(["attack", "method"] + [f"ε={e:g}" for e in grid], body))
+            counts = [[labels(scenario, *cell)] + [worst_counts(worst, scenario, mode, cell, eps) for eps in grid]
+                      for cell in labels.cells[scenario]]
+            markdown.append(f"Worst attack per seed ({scenario}, {mode} shock):\n\n"
+                            + markdown_table(["method"] + [f"ε={e:g}" for e in grid], counts))
+    markdown.append("## Gradient-masking warnings\n\n")
+    if warnings:
+        markdown.append("`random_search` (boundary candidates plus the PGD result) lowered the return below PGD's "
+                        "`system` attack by more than noise (return difference, paired per seed, IQM [95% CI] < 0): "
+                        "PGD's gradients mislead it on these policies.\n\n" + markdown_table(
+                            ["scenario", "method", "mode", "ε", "return difference"],
+                            [[w["scenario"], labels(w["scenario"], w["method"], w["reg_coef"]), w["mode"], f"{w['eps']:g}",
+                              str(w["gap"])] for w in warnings]))
+    else:
+        markdown.append("None: wherever both were evaluated, `random_search` did not beat PGD beyond noise.\n\n")
+    return "".join(markdown), csv_rows
+
+
+def worst_counts(worst: list[dict[str, Any]], scenario: str, mode: str, cell: tuple[str, float], eps: float) -> str:
+    """``"system 3, action 2"``: how often each attack was the worst case over the seeds of a cell."""
+    names = [row["worst_attack"] for row in worst if (row["scenario"], row["mode"], row["eps"]) == (scenario, mode, eps)
+             and (row["method"], row["reg_coef"]) == cell]
+    return ", ".join(f"{name} {names.count(name)}" for name in sorted(set(names), key=names.count, reverse=True)) or "–"
+
+
+def masking_warnings(evals: list[dict[str, Any]], reps: int) -> list[dict[str, Any]]:
+    """Cells (scenario, method, reg_coef, mode, eps) where ``random_search``'s return minus ``system``'s,
+    paired per seed, has its 95% CI below 0."""
+    pairs: dict[tuple, dict[str, float]] = {}
+    for row in evals:
+        if row["attack"] in ("random_search", "system") and row["eps"] > 0:
+            key = (row["scenario"], row["method"], row["reg_coef"], row["mode"], row["eps"], row["seed"])
+            pairs.setdefault(key, {})[row["attack"]] = row["return_per_agent"]
+    gaps = [{"scenario": key[0], "method": key[1], "reg_coef": key[2], "mode": key[3], "eps": key[4], "seed": key[5],
+             "gap": both["random_search"] - both["system"]} for key, both in pairs.items() if len(both) == 2]
+    if not gaps:
+        return []
+    keys = ("scenario", "method", "reg_coef", "mode", "eps")
+    return [{**dict(zip(keys, key)), "gap": estimate} for key, estimate in aggregate(gaps, "gap", keys, reps).items()
+            if estimate.hi < 0]
+
+
 def price_tables(evals: list[dict[str, Any]], labels: Labels, attack: str, mode: str,
                  reps: int) -> tuple[str, list[dict], dict]:
     """Markdown and CSV rows of the Price of Robustness tables; the estimates for the Pareto figures.
@@ -223,7 +295,9 @@ def price_tables(evals: list[dict[str, Any]], labels: Labels, attack: str, mode:
                  "robust_gain": aggregate(gained, value, PRICE_KEYS, reps)}
     csv_rows = [row for q, e in estimates.items()
                 for row in estimate_rows(e, PRICE_KEYS, q, attack=attack, mode=mode)]
-    markdown = [(f"Strongest attack: `{attack}`, `{mode}` shock. R(0): nominal return per agent; "
+    what = ("the worst case over every attack evaluated, per seed" if attack == HEADLINE_ATTACK
+            else "one attack, not the worst case over the suite")
+    markdown = [(f"Attack: `{attack}` ({what}), `{mode}` shock. R(0): nominal return per agent; "
                 f"PoR = R_{BASELINE}(0) - R(0): nominal return lost relative to {BASELINE} (same seed); "
                 f"R(ε): robust return; G(ε) = R(ε) - R_{BASELINE}(ε): robust return gained (same seed).\n\n")]
     for scenario in unique(row["scenario"] for row in rows):
@@ -311,10 +385,11 @@ def amplification_figure(diags: list[dict[str, Any]], labels: Labels, scenario: 
     return fig
 
 
-def write_report(results_dir: str | pathlib.Path, reps: int = REPS, attack: str = "system",
+def write_report(results_dir: str | pathlib.Path, reps: int = REPS, attack: str = HEADLINE_ATTACK,
                  mode: str = "shared") -> list[pathlib.Path]:
     """Write the tables, figures and index of ``results_dir`` into ``results_dir/report``; return
-    the written paths. ``attack``/``mode``: the strongest attack, used for the Price of Robustness."""
+    the written paths. ``attack``/``mode``: the headline attack of the Price of Robustness and the
+    Pareto view (default ``worst``: per seed, the lowest return over every attack evaluated)."""
     results_dir = pathlib.Path(results_dir)
     command = shlex.join(["python", "-m", "robustness.report", str(results_dir), "--reps", str(reps),
                           "--attack", attack, "--mode", mode])
@@ -344,6 +419,8 @@ def write_report(results_dir: str | pathlib.Path, reps: int = REPS, attack: str 
                f"robustness_{scenario}_{attack_}_{mode_}.png",
                f"{scenario}: return per agent vs shock budget ε under the {attack_} attack ({mode_} shock), "
                "IQM over seeds with 95% CI bands.")
+    markdown, csv_rows = attack_tables(evals, labels, reps)
+    table("attacks", "Attacks: budget use, worst case, gradient-masking warnings", markdown, csv_rows)
     markdown, csv_rows, price = price_tables(evals, labels, attack, mode, reps)
     table("price_of_robustness", "Price of Robustness", markdown, csv_rows)
     for scenario in unique(key[0] for key in price["robust_return"]):
@@ -366,6 +443,7 @@ def write_index(out: pathlib.Path, provenance: Provenance,
     """``index.md``: links to the tables, the figures with their captions, the provenance."""
     lines = ["# Robustness benchmark report\n\n## Tables\n\n"]
     for name, title in (("robustness", "Robustness: return and ratio to reference vs ε per attack and method"),
+                        ("attacks", "Attacks: budget use, the worst attack per seed, gradient-masking warnings"),
                         ("price_of_robustness", "Price of Robustness: nominal return lost vs robust return gained"),
                         ("diagnostics", "Theory diagnostics: amplification, budget, curvature, PGA stability")):
         lines.append(f"- [{title}]({name}.md) ([CSV]({name}.csv), provenance: "
@@ -384,7 +462,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m robustness.report", description=__doc__.splitlines()[0])
     parser.add_argument("results_dir", type=pathlib.Path, help="folder with evaluations.csv, diagnostics.csv, run.json")
     parser.add_argument("--reps", type=int, default=REPS, help="bootstrap replicates (default %(default)s)")
-    parser.add_argument("--attack", default="system", help="strongest attack, for the Price of Robustness")
+    parser.add_argument("--attack", default=HEADLINE_ATTACK,
+                        help="headline attack of the Price of Robustness (default: worst, over every attack)")
     parser.add_argument("--mode", default="shared", help="its shock mode")
     args = parser.parse_args(argv)
     try:

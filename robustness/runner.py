@@ -81,8 +81,8 @@ PRESETS: dict[str, BenchmarkConfig] = {
     # minutes on a 2-core CPU: two scenarios, three methods, two seeds, the small configs
     "smoke": BenchmarkConfig(
         scenarios=("commons", "routing"), methods=("ppo", "aajr", "adv"), seeds=(0, 1), size="small",
-        attack=AttackGrid(attacks=("random", "system"), modes=("shared",), eps=(0.0, 0.1, 0.2), steps=5,
-                          episodes=16),
+        attack=AttackGrid(attacks=("random", "spike", "system", "action", "random_search"), modes=("shared",),
+                          eps=(0.0, 0.1, 0.2), steps=5, episodes=16, restarts=1, candidates=8),
         diag_states=64),
     # the full grid: every scenario and method, five seeds, the default configs
     "full": BenchmarkConfig(),

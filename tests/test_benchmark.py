@@ -24,7 +24,8 @@ TINY = BenchmarkConfig(
     scenarios=("routing",), methods=("ppo", "aajr", "adv"), seeds=(0,), size="small",
     overrides=("total_agent_steps=480", "env.horizon=5", "ppo.num_envs=8", "ppo.rollout_steps=5", "eval_envs=4",
                "reg.steps=2", "checkpoint_every=1"),
-    attack=AttackGrid(attacks=("random", "system"), modes=("shared",), eps=(0.0, 0.2), steps=2, episodes=4),
+    attack=AttackGrid(attacks=("random", "system", "random_search"), modes=("shared",), eps=(0.0, 0.2), steps=2,
+                      episodes=4, restarts=1, candidates=2),
     diag_states=8, diag_steps=2)
 
 
@@ -71,10 +72,15 @@ def test_grid_results_hold_the_nominal_row_at_eps_zero_and_refuse_another_grid(t
                 assert row["return_per_agent"] == nominal["return_per_agent"]
         system = next(row for row in rows if row["attack"] == "system" and row["eps"] == 0.2)
         assert system["system_loss"] > nominal["system_loss"]  # the PGA attack hurts
+        assert system["budget_use"] > 0.9 and nominal["budget_use"] == 0.0  # normalized steps fill the ball
+        attacked = [row for row in rows if row["eps"] == 0.2 and row["attack"] != "worst"]
+        worst = next(row for row in rows if row["attack"] == "worst" and row["eps"] == 0.2)
+        lowest = min(attacked, key=lambda row: row["return_per_agent"])
+        assert worst["worst_attack"] == lowest["attack"] and worst["return_per_agent"] == lowest["return_per_agent"]
         assert result["diagnostics"]["eval_states"] == 8
         assert result["diagnostics"]["jvp_norm_mean"] > 0
     lines = (tmp_path / "evaluations.csv").read_text().splitlines()
-    assert len(lines) == 1 + 3 * 5  # header + 3 cells x (none + 2 attacks x 2 eps)
+    assert len(lines) == 1 + 3 * 9  # header + 3 cells x (none + 3 attacks x 2 eps + worst x 2 eps)
     assert json.loads((tmp_path / "run.json").read_text())["command"] == "pytest"
     paths = write_report(tmp_path, reps=200)
     assert (tmp_path / "report" / "index.md") in paths and all(path.exists() for path in paths)

@@ -12,13 +12,14 @@ from rliable import metrics
 from scipy.stats import trim_mean
 
 from robustness import report, stats
+from robustness.evaluate import worst_rows
 
 REPS = 200
 COMMAND = "python -m robustness.runner --preset smoke --out results/smoke"
 SCENARIOS = {"routing": 0, "commons": 1}  # ratio_higher_is_better
 SEEDS = (0, 1, 2, 3)
 EPS = (0.0, 0.1, 0.2)
-ATTACKS = (("system", "shared"), ("system", "per_agent"), ("random", "shared"))
+ATTACKS = (("system", "shared"), ("system", "per_agent"), ("random", "shared"), ("random_search", "shared"))
 CELLS = (("ppo", 0.0), ("aajr", 0.1), ("aajr", 1.0), ("adv", 0.0))
 NOISE = (0.0, 2.0, 0.5, 7.5)  # per seed: the IQM of 4 seeds trims the 0.0 and the 7.5
 DROP = {"ppo": 20.0, "aajr": 5.0, "adv": 10.0}  # return lost per unit of eps
@@ -31,9 +32,17 @@ def nominal(scenario: str, method: str, coef: float, seed: int) -> float:
     return 10.0 * (1 + SCENARIOS[scenario]) + NOISE[seed] - penalty
 
 
+WORST = (("worst", "shared"), ("worst", "per_agent"))
+MASKED = ("aajr", 1.0)  # random search beats PGD on this cell only: the one masking warning
+
+
 def attacked(scenario: str, method: str, coef: float, seed: int, attack: str, eps: float) -> float:
-    scale = 1.0 if attack == "system" else 0.25
-    return nominal(scenario, method, coef, seed) - scale * DROP[method] * eps * (1 + seed)
+    scale = 0.25 if attack == "random" else 1.0
+    masked = (attack == "random_search" and (method, coef) == MASKED and eps > 0) * (1.0 + 0.25 * seed)
+    return nominal(scenario, method, coef, seed) - scale * DROP[method] * eps * (1 + seed) - masked
+
+
+BUDGET_USE = {"none": 0.0, "system": 1.0, "random_search": 1.0, "random": 0.5}
 
 
 def write_csv(path, rows):
@@ -50,11 +59,14 @@ def eval_rows():
             for seed in SEEDS:
                 cell = {"scenario": scenario, "method": method, "reg_coef": coef, "seed": seed}
                 grid = [("none", "-", 0.0)] + [(a, m, e) for a, m in ATTACKS for e in EPS]
+                attacks = []
                 for attack, mode, eps in grid:
                     ret = attacked(scenario, method, coef, seed, attack, eps)
-                    rows.append({**cell, "attack": attack, "mode": mode, "eps": eps, "return_per_agent": ret,
-                                 "system_loss": -ret, "ratio_to_reference": ret / 30.0,
-                                 "ratio_higher_is_better": higher})
+                    attacks.append({"attack": attack, "mode": mode, "eps": eps, "return_per_agent": ret,
+                                    "system_loss": -ret, "ratio_to_reference": ret / 30.0,
+                                    "ratio_higher_is_better": higher, "budget_use": BUDGET_USE[attack] * (eps > 0),
+                                    "worst_attack": "-"})
+                rows += [{**cell, **row} for row in attacks + worst_rows(attacks)]
     return rows
 
 
@@ -148,27 +160,27 @@ def test_differences_to_baseline_are_paired_and_checked():
 def test_every_file_is_written(written):
     out, paths = written
     names = {path.name for path in paths}
-    for table in ("robustness", "price_of_robustness", "diagnostics"):
+    for table in ("robustness", "attacks", "price_of_robustness", "diagnostics"):
         assert {f"{table}.md", f"{table}.csv", f"{table}.provenance.json"} <= names
     for scenario in SCENARIOS:
         assert {f"pareto_{scenario}.png", f"amplification_{scenario}.png"} <= names
-        assert {f"robustness_{scenario}_{a}_{m}.png" for a, m in ATTACKS} <= names
+        assert {f"robustness_{scenario}_{a}_{m}.png" for a, m in ATTACKS + WORST} <= names
     assert "index.md" in names
     assert all(path.is_file() and path.parent == out for path in paths)
-    assert len(names) == len(paths) == 3 * 3 + 2 * (2 + len(ATTACKS)) + 1
+    assert len(names) == len(paths) == 4 * 3 + 2 * (2 + len(ATTACKS + WORST)) + 1
 
 
 def test_eps_zero_column_equals_the_nominal_values(written):
     out, _ = written
     table = read(out, "robustness")
     returns = table[(table.quantity == "return_per_agent") & (table.eps == 0)]
-    assert len(returns) == len(SCENARIOS) * len(CELLS) * len(ATTACKS)
+    assert len(returns) == len(SCENARIOS) * len(CELLS) * (len(ATTACKS) + 2)  # worst: shared and per_agent
     for row in returns.itertuples():
         expected = trim_mean([nominal(row.scenario, row.method, row.reg_coef, s) for s in SEEDS], 0.25)
         assert row.iqm == pytest.approx(expected)
     price = read(out, "price_of_robustness")
     price = price[price.quantity == "nominal_return"].set_index(["scenario", "method", "reg_coef"]).iqm
-    system = returns[(returns.attack == "system") & (returns["mode"] == "shared")]
+    system = returns[(returns.attack == "worst") & (returns["mode"] == "shared")]
     assert np.allclose(system.set_index(["scenario", "method", "reg_coef"]).iqm.sort_index(), price.sort_index())
 
 
@@ -184,7 +196,7 @@ def test_iqm_matches_a_hand_computation_and_every_ci_contains_it(written):
     ratio = table[(table.quantity == "ratio_to_reference")].iloc[0]
     assert ratio.iqm == pytest.approx(trim_mean(
         [attacked(ratio.scenario, ratio.method, ratio.reg_coef, s, ratio.attack, ratio.eps) / 30 for s in SEEDS], 0.25))
-    for name in ("robustness", "price_of_robustness", "diagnostics"):
+    for name in ("robustness", "attacks", "price_of_robustness", "diagnostics"):
         table = read(out, name)
         assert list(table.columns[-5:]) == ["quantity", "iqm", "ci_low", "ci_high", "n"]
         assert ((table.ci_low <= table.iqm + 1e-12) & (table.iqm <= table.ci_high + 1e-12)).all(), name
@@ -193,18 +205,46 @@ def test_iqm_matches_a_hand_computation_and_every_ci_contains_it(written):
 def test_price_of_robustness_is_paired_against_ppo(written):
     out, _ = written
     table = read(out, "price_of_robustness")
-    assert set(table.attack) == {"system"} and set(table["mode"]) == {"shared"}
+    assert set(table.attack) == {"worst"} and set(table["mode"]) == {"shared"}
     price = table[table.quantity == "price_of_robustness"].set_index(["scenario", "method", "reg_coef"])
     for scenario in SCENARIOS:
         for cell, lost in ((("ppo", 0.0), 0.0), (("aajr", 0.1), 1.0), (("aajr", 1.0), 2.0), (("adv", 0.0), 0.5)):
             row = price.loc[(scenario, *cell)]
             assert row.iqm == row.ci_low == row.ci_high == lost  # the same difference for every seed
     gain = table[(table.quantity == "robust_gain") & (table.method == "aajr") & (table.reg_coef == 0.1)]
-    for row in gain.itertuples():  # ppo - aajr per seed: (20 - 5) eps (1 + seed) - 1
+    for row in gain.itertuples():  # worst = system for both (random_search only lower for aajr λ=1): ppo - aajr
+        # per seed is (20 - 5) eps (1 + seed) - 1
         expected = trim_mean([15.0 * row.eps * (1 + s) - 1.0 for s in SEEDS], 0.25)
         assert row.iqm == pytest.approx(expected)
     zero = table[(table.quantity == "robust_gain") & (table.method == "ppo")]
     assert (zero[["iqm", "ci_low", "ci_high"]] == 0).all().all()
+
+
+def test_worst_rows_take_the_lowest_return_per_mode_and_eps():
+    rows = [{"attack": "none", "mode": "-", "eps": 0.0, "return_per_agent": 5.0}]
+    for attack, shared, per_agent in (("random", 4.0, 3.0), ("system", 2.0, 3.5), ("action", 2.5, 1.0)):
+        rows += [{"attack": attack, "mode": "shared", "eps": 0.0, "return_per_agent": 5.0},
+                 {"attack": attack, "mode": "shared", "eps": 0.1, "return_per_agent": shared},
+                 {"attack": attack, "mode": "per_agent", "eps": 0.1, "return_per_agent": per_agent}]
+    worst = {(row["mode"], row["eps"]): (row["worst_attack"], row["return_per_agent"]) for row in worst_rows(rows)}
+    assert worst == {("shared", 0.0): ("none", 5.0), ("shared", 0.1): ("system", 2.0),
+                     ("per_agent", 0.1): ("action", 1.0)}
+    assert all(row["attack"] == "worst" for row in worst_rows(rows))
+
+
+def test_attack_table_budget_use_worst_counts_and_the_one_masking_warning(written):
+    out, _ = written
+    table = read(out, "attacks")
+    use = table[table.quantity == "budget_use"]
+    assert set(use.attack) == {"system", "random", "random_search"}
+    assert (use[use.attack == "random"].iqm == 0.5).all() and (use[use.attack == "system"].iqm == 1.0).all()
+    gaps = table[table.quantity == "masking_gap"]
+    assert set(zip(gaps.method, gaps.reg_coef)) == {MASKED} and set(gaps.eps) == {0.1, 0.2}
+    assert len(gaps) == len(SCENARIOS) * 2 and (gaps.ci_high < 0).all()
+    for row in gaps.itertuples():  # random_search - system per seed: -(1 + 0.25 seed)
+        assert row.iqm == pytest.approx(trim_mean([-(1.0 + 0.25 * s) for s in SEEDS], 0.25))
+    text = (out / "attacks.md").read_text()
+    assert "| aajr λ=1 | random_search 4 | random_search 4 |" in text and "| ppo | system 4 | system 4 |" in text
 
 
 def test_diagnostics_table(written):
@@ -224,7 +264,7 @@ def test_markdown_shows_labels_directions_and_provenance(written):
     assert "aajr λ=0.1" in robustness and "aajr λ=1" in robustness and "| adv |" in robustness
     assert "lower is better" in robustness and "higher is better" in robustness
     index = (out / "index.md").read_text()
-    for name in ("robustness.md", "price_of_robustness.csv", "diagnostics.provenance.json",
+    for name in ("robustness.md", "attacks.md", "price_of_robustness.csv", "diagnostics.provenance.json",
                  "pareto_routing.png", "amplification_commons.png", "robustness_commons_random_shared.png"):
         assert f"({name})" in index
 
