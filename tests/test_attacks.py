@@ -2,6 +2,10 @@
 does not: the masking the suite removes), best iterate, restarts, random search, and the wrapper's
 budget use."""
 
+import csv
+import subprocess
+import sys
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -121,3 +125,27 @@ def test_bad_attack_settings_are_named():
         ShockConfig(candidates=0)
     with pytest.raises(ValueError, match="random restarts need a torch.Generator"):
         pgd_attack(lambda d: d.sum(-1), (2, 3), 0.1, restarts=1)
+
+
+def test_the_attack_command_attacks_a_trained_run_and_writes_its_rows(tmp_path):
+    from agents import run
+    from agents.config import parse_overrides, resolve
+
+    config = resolve(parse_overrides(["scenario=routing", "size=small", "total_agent_steps=320", "eval_envs=4",
+                                      "ppo.num_envs=8", "ppo.rollout_steps=5", "env.horizon=5"]))
+    run.train(config, tmp_path / "run", progress=False)
+    command = [sys.executable, "-m", "robustness.attack", str(tmp_path / "run"), "--eps", "0.1", "--attacks", "system",
+               "random", "--modes", "shared", "--episodes", "4", "--steps", "2", "--restarts", "1",
+               "--out", str(tmp_path / "rows.csv")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "worst" in result.stdout and "budget use" in result.stdout
+    with (tmp_path / "rows.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    worst = next(row for row in rows if row["attack"] == "worst" and float(row["eps"]) == 0.1)
+    attacked = [row for row in rows if row["attack"] in ("system", "random") and float(row["eps"]) == 0.1]
+    assert worst["worst_attack"] == min(attacked, key=lambda row: float(row["return_per_agent"]))["attack"]
+    bad = subprocess.run([sys.executable, "-m", "robustness.attack", str(tmp_path / "run"), "--attacks", "magic"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("error: unknown attack 'magic'")
+    assert len(bad.stderr.strip().splitlines()) == 1
