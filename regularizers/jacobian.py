@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from envs.batch import Batch
-from envs.shocks import pga, system_objective
+from envs.shocks import budget_use, pga, system_objective
 from regularizers.jvp import jvp_norms, penalty_from_norms
 
 
@@ -37,29 +37,31 @@ def per_agent_system_objective(policy, batch: Batch, scenario):
 
 
 def aajr_trajectory(policy, batch: Batch, scenario, eps: float, steps: int, norm: str = "l2",
-                    step_size: float | None = None):
+                    step_size: float | None = None, rule: str = "gradient"):
     """Per-agent PGA on the system loss at the minibatch states (in the scenario's dtype): the points
     ``s + delta_t`` and the directions ``u_t`` of eq. 20, with the trajectory itself."""
     obs, objective = per_agent_system_objective(policy, batch, scenario)
     trajectory = pga(objective, tuple(obs.shape), eps, norm, steps, step_size, scenario.shock_mask,
-                     device=obs.device, dtype=scenario.dtype)
+                     device=obs.device, dtype=scenario.dtype, rule=rule)
     points = (obs.unsqueeze(0) + trajectory.deltas[:-1]).to(policy.log_std.dtype)
     return points, trajectory.directions.to(policy.log_std.dtype), trajectory
 
 
 def aajr_penalty(policy, batch: Batch, scenario, eps: float, steps: int,
                  norm: str = "l2", step_size: float | None = None,
-                 budget: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                 budget: float | None = None, rule: str = "gradient") -> tuple[torch.Tensor, dict[str, float]]:
     """AAJR (eq. 20): Jacobian-vector norms along the per-agent PGA trajectory of the system loss.
 
     ``batch``: ``obs`` ``(M, N, D)`` and the scenario ``state``. Diagnostics: mean
-    and max ``||J u_t||`` and the mean PGA gain ``g(delta_K) - g(0)``.
+    and max ``||J u_t||``, the mean PGA gain ``g(delta_K) - g(0)`` and the trajectory's mean budget use
+    ``||delta_K|| / eps``. ``rule``: PGA's step rule (``envs.shocks``); the directions are eq. 12 either way.
     """
-    points, directions, trajectory = aajr_trajectory(policy, batch, scenario, eps, steps, norm, step_size)
+    points, directions, trajectory = aajr_trajectory(policy, batch, scenario, eps, steps, norm, step_size, rule)
     norms = jvp_norms(policy.deterministic_action, points, directions)
     detached = norms.detach()
     diagnostics = {"reg/jvp_norm_mean": float(detached.mean()), "reg/jvp_norm_max": float(detached.max()),
-                   "reg/pga_gain": float((trajectory.values[-1] - trajectory.values[0]).mean())}
+                   "reg/pga_gain": float((trajectory.values[-1] - trajectory.values[0]).mean()),
+                   "reg/budget_use": float(budget_use(trajectory.deltas[-1], eps, norm).mean())}
     return penalty_from_norms(norms, budget), diagnostics
 
 

@@ -109,7 +109,7 @@ def make_regularizer(name: str, scenario, settings: Any = None) -> Penalty:
 
 def _aajr(scenario, s: PGASettings) -> Penalty:
     return lambda policy, batch, generator: aajr_penalty(policy, batch, scenario, s.eps, s.steps, s.norm,
-                                                         budget=s.budget)
+                                                         budget=s.budget, rule=s.rule)
 
 
 def _jacobian(scenario, s: JacobianSettings) -> Penalty:
@@ -124,7 +124,7 @@ def _spectral(scenario, s: SpectralSettings) -> Penalty:
 
 def _smooth(scenario, s: PGASettings) -> Penalty:
     return lambda policy, batch, generator: smoothness_penalty(policy, batch, scenario.shock_mask, s.eps, s.steps,
-                                                               generator, s.norm, budget=s.budget)
+                                                               generator, s.norm, budget=s.budget, rule=s.rule)
 
 
 def _spectral_norm(policy, s: SpecNormSettings) -> None:

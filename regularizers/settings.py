@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 
 from envs.core import check_choice, check_positive_int, check_real
-from envs.shocks import NORMS
+from envs.shocks import NORMS, RULES
 
 
 def _check_budget(budget: float | None) -> None:
@@ -24,18 +24,21 @@ class PGASettings:
     :param steps: K, PGA steps.
     :param norm: ball of the PGA, ``l2`` or ``linf``.
     :param budget: hinge budget gamma: penalise ``max(0, norm - gamma)^2`` (None: ``norm^2``).
+    :param rule: PGA's step rule, ``gradient`` (eq. 11) or ``normalized`` (``envs.shocks``).
     """
 
     eps: float = 0.1
     steps: int = 3
     norm: str = "l2"
     budget: float | None = None
+    rule: str = "gradient"
 
     def __post_init__(self) -> None:
         check_real("eps", self.eps, 0.0, low_open=True)
         check_positive_int("steps", self.steps)
         check_choice("norm", self.norm, NORMS)
         _check_budget(self.budget)
+        check_choice("rule", self.rule, RULES)
 
 
 @dataclasses.dataclass(frozen=True)

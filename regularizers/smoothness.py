@@ -16,15 +16,15 @@ from __future__ import annotations
 import torch
 
 from envs.batch import Batch
-from envs.shocks import action_objective, pga
+from envs.shocks import action_objective, budget_use, pga
 from regularizers.jvp import penalty_from_norms
 
 
 def smoothness_penalty(policy, batch: Batch, mask: torch.Tensor | None, eps: float, steps: int,
                        generator: torch.Generator, norm: str = "l2", step_size: float | None = None,
-                       budget: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                       budget: float | None = None, rule: str = "gradient") -> tuple[torch.Tensor, dict[str, float]]:
     """The smoothness penalty and diagnostics (mean/max action change ``||pi(s + delta*) - pi(s)||``,
-    PGA gain).
+    PGA gain, and how far PGA moved from its random start, ``||delta_K - delta_0|| / eps``).
 
     :param mask: the shock channels (``scenario.shock_mask``), or None for every feature.
     """
@@ -33,11 +33,12 @@ def smoothness_penalty(policy, batch: Batch, mask: torch.Tensor | None, eps: flo
     objective = action_objective(obs.detach(), action_map, "per_agent")
     trajectory = pga(objective, tuple(obs.shape), eps, norm, steps, step_size,
                      None if mask is None else mask.to(obs.device), random_start=True, generator=generator,
-                     device=obs.device, dtype=obs.dtype)
+                     device=obs.device, dtype=obs.dtype, rule=rule)
     delta = trajectory.deltas[-1].detach()
     change = (action_map(obs + delta) - action_map(obs)).norm(dim=-1) / eps
     detached = change.detach()
     diagnostics = {"reg/action_change_mean": float(detached.mean() * eps),
                    "reg/action_change_max": float(detached.max() * eps),
-                   "reg/pga_gain": float((trajectory.values[-1] - trajectory.values[0]).mean())}
+                   "reg/pga_gain": float((trajectory.values[-1] - trajectory.values[0]).mean()),
+                   "reg/pga_move": float(budget_use(delta - trajectory.deltas[0], eps, norm).mean())}
     return penalty_from_norms(change, budget), diagnostics
