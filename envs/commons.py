@@ -263,7 +263,7 @@ class Commons(Scenario):
             "log_price": log_price,
             "price": self._price(log_price, generator),
             "collapsed": state["collapsed"] | (next_stock < cfg.collapse_threshold),
-            "last_effort": actions.detach().clone(),
+            "last_effort": actions.clone(),
             "t": state["t"] + 1,
         }
 

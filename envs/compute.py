@@ -455,8 +455,8 @@ class Compute(Scenario):
         starts = self._uniform(state["spiking"].shape, generator) < cfg.spike_prob
         spiking = (state["spiking"] & ~ends) | starts
         return {
-            "queue": (out.share * out.carried.unsqueeze(1)).detach(),
-            "retries": (out.share * out.wasted.unsqueeze(1)).sum(-1).detach(),
+            "queue": out.share * out.carried.unsqueeze(1),
+            "retries": (out.share * out.wasted.unsqueeze(1)).sum(-1),
             "spiking": spiking,
             **self._exogenous(spiking, generator),
             "t": state["t"] + 1,

@@ -459,9 +459,9 @@ class Routing(Scenario):
         """The ``last_*`` entries recording the joint ``split`` ``(B, N, P)`` played in ``state``."""
         flows = self._flows(state, split)
         return {
-            "last_split": split.detach().clone(),
-            "last_share": (flows.path_flow / flows.path_flow.sum(-1, keepdim=True)).detach(),
-            "last_latency": flows.path_latency.detach(),
+            "last_split": split.clone(),
+            "last_share": flows.path_flow / flows.path_flow.sum(-1, keepdim=True),
+            "last_latency": flows.path_latency,
         }
 
     def reset(self, batch_size: int, generator: torch.Generator) -> State:

@@ -7,12 +7,16 @@ actions ``(B, N, A)`` (the learner's ``policy.deterministic_action``, a wrapped 
 function); the ``value`` objective also needs ``value_fn`` ``(B, N, D) -> (B, N)``. Objectives:
 ``system`` (the scenario's system loss), ``action`` (maximal action deviation), ``value`` (lower the
 critic), ``random_search`` (the system loss, gradient-free: random points on the boundary of the ball
-plus the PGD result, the best kept), and the non-adaptive ``random`` (uniform in the ball) and
-``spike`` (the scenario's fixed demand-spike direction). The gradient attacks run PGA with the step
-``rule`` (``gradient`` as in training, or ``normalized``); with ``best_iterate``, ``restarts`` or
-``random_search`` they keep each sample's best iterate over the zero start and the random restarts
-(``envs.shocks.pgd_attack``). Shocks move only the scenario's shock channels and may take an observation
-up to eps outside its nominal box.
+plus the PGD result, the best kept), ``rollout`` (the system loss summed over the next ``horizon``
+steps of the differentiable simulator with the victim in the loop, the exogenous draws taken from a
+copy of the environment's generator: a clairvoyant attacker, ``envs.rollout_attack``), and the
+non-adaptive ``random`` (uniform in the ball) and
+``spike`` (the scenario's fixed demand-spike direction), and ``learned``: a trained attacker's shock
+(``robustness.adversary``), passed to the wrapper as ``adversary(obs) -> delta (B, N, D)``. The
+gradient attacks run PGA with the step ``rule`` (``gradient`` as in training, or ``normalized``); with
+``best_iterate``, ``restarts`` or ``random_search`` they keep each sample's best iterate over the zero
+start and the random restarts (``envs.shocks.pgd_attack``). Shocks move only the scenario's shock
+channels and may take an observation up to eps outside its nominal box.
 
 ``info`` (batched: tensors ``(B,)``; PettingZoo: floats per agent) holds ``shock/norm`` (largest
 applied ``||delta||_p`` over agents), ``shock/budget_use`` (that norm over eps: 1 on the boundary of
@@ -33,9 +37,10 @@ from pettingzoo.utils.wrappers import BaseParallelWrapper
 from envs.core import check_choice, check_positive_int, check_real, make_generator
 from envs.shocks import (MODES, NORMS, RULES, action_objective, budget_use, pga, pgd_attack, random_in_ball,
                          random_search, spike_shock, system_objective, value_objective)
+from envs.rollout_attack import rollout_objective
 from envs.vector import TorchVectorEnv, VectorStep
 
-ATTACKS = ("system", "action", "value", "random", "spike", "random_search")
+ATTACKS = ("system", "action", "value", "random", "spike", "random_search", "rollout", "learned")
 
 Policy = Callable[[torch.Tensor], torch.Tensor]
 
@@ -57,6 +62,7 @@ class ShockConfig:
     :param best_iterate: keep each sample's best iterate instead of the last.
     :param restarts: random restarts besides the start above (the best iterate over all is kept).
     :param candidates: ``random_search``: random boundary points per step besides the PGD result.
+    :param horizon: ``rollout``: H, the steps whose system loss the attack sums.
     """
 
     eps: float = 0.1
@@ -71,6 +77,7 @@ class ShockConfig:
     best_iterate: bool = False
     restarts: int = 0
     candidates: int = 64
+    horizon: int = 5
 
     def __post_init__(self) -> None:
         check_real("eps", self.eps, 0.0, low_open=True)
@@ -85,6 +92,7 @@ class ShockConfig:
         if isinstance(self.restarts, bool) or not isinstance(self.restarts, int) or self.restarts < 0:
             raise ValueError(f"restarts must be an integer >= 0, got {self.restarts!r}")
         check_positive_int("candidates", self.candidates)
+        check_positive_int("horizon", self.horizon)
 
     @property
     def keeps_best(self) -> bool:
@@ -93,8 +101,13 @@ class ShockConfig:
 
 
 def compute_shock(scenario, state: dict, obs: torch.Tensor, policy: Policy, cfg: ShockConfig,
-                  generator: torch.Generator, value_fn: Policy | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The shock ``(B, N, D)`` to add to ``obs`` ``(B, N, D)`` in ``state``, and its info ``(B,)`` tensors."""
+                  generator: torch.Generator, value_fn: Policy | None = None, adversary: Policy | None = None,
+                  env_generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The shock ``(B, N, D)`` to add to ``obs`` ``(B, N, D)`` in ``state``, and its info ``(B,)`` tensors.
+
+    ``adversary``: the ``learned`` objective's attacker, ``obs (B, N, D) -> delta (B, N, D)`` (one delta
+    for every agent in shared mode). ``env_generator``: the environment's generator, whose state the
+    ``rollout`` objective copies for the exogenous draws of its window."""
     batch, n, dim = obs.shape
     shape = (batch, dim) if cfg.mode == "shared" else (batch, n, dim)
     if cfg.objective == "value":
@@ -103,6 +116,10 @@ def compute_shock(scenario, state: dict, obs: torch.Tensor, policy: Policy, cfg:
         objective = value_objective(obs, value_fn, cfg.mode)
     elif cfg.objective == "action":
         objective = action_objective(obs, policy, cfg.mode)
+    elif cfg.objective == "rollout":
+        if env_generator is None:
+            raise ValueError("objective 'rollout' needs env_generator (the environment's generator)")
+        objective = rollout_objective(scenario, state, obs, policy, cfg.mode, cfg.horizon, env_generator)
     else:
         objective = system_objective(scenario, state, obs, policy, cfg.mode)
     options = {"device": obs.device, "dtype": obs.dtype}
@@ -114,6 +131,15 @@ def compute_shock(scenario, state: dict, obs: torch.Tensor, policy: Policy, cfg:
         delta = random_in_ball(shape, cfg.eps, cfg.norm, mask.to(obs.dtype), generator, **options)
     elif cfg.objective == "spike":
         delta = spike_shock(scenario, shape, cfg.eps, cfg.norm).to(**options)
+    elif cfg.objective == "learned":
+        if adversary is None:
+            raise ValueError("objective 'learned' needs adversary (a trained attacker: robustness.adversary)")
+        with torch.no_grad():
+            delta = adversary(obs).to(**options)
+        if tuple(delta.shape) != (batch, n, dim) or not torch.isfinite(delta).all():
+            raise ValueError(f"the adversary must return finite shocks of shape {(batch, n, dim)}, "
+                             f"got {tuple(delta.shape)}")
+        delta = delta[:, 0] if cfg.mode == "shared" else delta
     elif not cfg.keeps_best:  # the plain K-step PGA of the training rollouts
         trajectory = pga(objective, shape, cfg.eps, cfg.norm, cfg.steps, cfg.step_size, mask, random_start,
                          generator, rule=cfg.rule, **options)
@@ -152,8 +178,9 @@ class ShockedVectorEnv:
     """
 
     def __init__(self, env: TorchVectorEnv, policy: Policy, config: ShockConfig, value_fn: Policy | None = None,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, adversary: Policy | None = None) -> None:
         self.env, self.policy, self.config, self.value_fn = env, policy, config, value_fn
+        self.adversary = adversary
         self.scenario = env.scenario
         self.num_envs, self.device, self.max_steps = env.num_envs, env.device, env.max_steps
         self.generator = make_generator(seed, env.device)
@@ -171,7 +198,7 @@ class ShockedVectorEnv:
     def _shock(self, obs: torch.Tensor) -> torch.Tensor:
         self.clean_obs = obs
         delta, self.last_shock_info = compute_shock(self.scenario, self.env.state, obs, self.policy, self.config,
-                                                    self.generator, self.value_fn)
+                                                    self.generator, self.value_fn, self.adversary, self.env.generator)
         return obs + delta
 
     def reset(self, seed: int | None = None) -> torch.Tensor:

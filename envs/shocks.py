@@ -205,7 +205,8 @@ def on_boundary(shape: tuple[int, ...], eps: float, norm: str, mask: torch.Tenso
 
 
 def random_search(objective: Callable[[torch.Tensor], torch.Tensor], start: Attack, eps: float, norm: str,
-                  candidates: int, mask: torch.Tensor | None, generator: torch.Generator) -> tuple[Attack, torch.Tensor]:
+                  candidates: int, mask: torch.Tensor | None,
+                  generator: torch.Generator) -> tuple[Attack, torch.Tensor]:
     """The gradient-free attack: ``candidates`` random points on the boundary of the ball per sample and
     the PGD result ``start``; keeps each sample's best (never worse than ``start``). Also returns where a
     random candidate won ``(*batch)`` bool: where PGD's own result was beaten (a gradient-masking sign)."""
@@ -231,7 +232,7 @@ MODES = ("shared", "per_agent")
 OBJECTIVES = ("system", "action", "value")
 
 
-def _shocked(obs: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+def shocked(obs: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     """``obs + delta``; a shared ``delta`` (B, D) is broadcast to every agent."""
     return obs + (delta.unsqueeze(-2) if delta.dim() == obs.dim() - 1 else delta)
 
@@ -245,7 +246,7 @@ def system_objective(scenario, state: dict, obs: torch.Tensor, policy: Callable,
     """
     check_choice("mode", mode, MODES)
     if mode == "shared":
-        return lambda delta: scenario.system_loss(state, policy(_shocked(obs, delta)))
+        return lambda delta: scenario.system_loss(state, policy(shocked(obs, delta)))
     batch, n = obs.shape[:2]
     nominal = policy(obs).detach()
     eye = torch.eye(n, dtype=torch.bool, device=obs.device).view(1, n, n, 1)
@@ -266,7 +267,7 @@ def action_objective(obs: torch.Tensor, policy: Callable, mode: str) -> Callable
     nominal = policy(obs).detach()
 
     def objective(delta: torch.Tensor) -> torch.Tensor:
-        change = ((policy(_shocked(obs, delta)) - nominal) ** 2).sum(-1)
+        change = ((policy(shocked(obs, delta)) - nominal) ** 2).sum(-1)
         return change.sum(-1) if mode == "shared" else change
 
     return objective
@@ -277,7 +278,7 @@ def value_objective(obs: torch.Tensor, value_fn: Callable, mode: str) -> Callabl
     check_choice("mode", mode, MODES)
 
     def objective(delta: torch.Tensor) -> torch.Tensor:
-        values = -value_fn(_shocked(obs, delta))
+        values = -value_fn(shocked(obs, delta))
         return values.sum(-1) if mode == "shared" else values
 
     return objective

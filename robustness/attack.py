@@ -7,7 +7,9 @@
 Every (attack, mode, eps) is played on the same seeded episodes (``robustness.evaluate``); the table
 gives the return per agent, the system loss per step, the ratio to the scenario's reference, the
 attack's budget use ``||delta|| / eps`` and, per (mode, eps), the worst case over the attacks.
-``--out FILE.csv`` also writes the rows. An SB3 model needs the scenario it was trained on
+``learned`` trains an RL attacker per (mode, eps) (``robustness.adversary``; the two largest eps and the
+shared mode by default), saved in ``RUN_DIR/adversaries/`` and reused. ``--out FILE.csv`` also writes
+the rows. An SB3 model needs the scenario it was trained on
 (``--scenario``, ``--size``, ``--set env.KEY=VALUE``); its ``.zip`` holds cloudpickled metadata:
 load only files you trust.
 """
@@ -27,6 +29,7 @@ from rich.table import Table
 from agents.config import ConfigError, parse_overrides, resolve
 from agents.run import atomic_write, check_device, load_run
 from envs.core import make_scenario
+from robustness.adversary import AdversaryConfig, load_or_train
 from robustness.evaluate import AttackGrid, evaluate_under_attacks
 
 
@@ -44,6 +47,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--restarts", type=int, default=defaults.restarts, help="random restarts of PGD")
     parser.add_argument("--candidates", type=int, default=defaults.candidates, help="random_search candidates")
     parser.add_argument("--episodes", type=int, default=defaults.episodes, help="seeded evaluation episodes")
+    parser.add_argument("--learned-eps", type=float, nargs="+", help="budgets of the learned attacker "
+                        "(default: the two largest eps)")
+    parser.add_argument("--learned-steps", type=int, default=defaults.learned_steps,
+                        help="training budget of each learned attacker (saved beside a run directory and reused)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--scenario", help="SB3 model: the scenario it was trained on")
     parser.add_argument("--size", default="default", help="SB3 model: the scenario's size")
@@ -96,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             grid = AttackGrid(attacks=tuple(args.attacks), modes=tuple(args.modes), eps=tuple(args.eps),
                               steps=args.steps, norm=args.norm, episodes=args.episodes, rule=args.rule,
-                              restarts=args.restarts, candidates=args.candidates)
+                              restarts=args.restarts, candidates=args.candidates,
+                              learned_eps=None if args.learned_eps is None else tuple(args.learned_eps),
+                              learned_steps=args.learned_steps)
         except ConfigError:
             raise
         except ValueError as error:
@@ -107,7 +116,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    rows = evaluate_under_attacks(scenario, policy, grid)
+    adversary_for = None
+    if args.policy.is_dir():  # attackers are saved beside the run and reused
+        def adversary_for(mode: str, eps: float):
+            return load_or_train(args.policy, AdversaryConfig(eps=eps, norm=grid.norm, mode=mode,
+                                                              total_agent_steps=grid.learned_steps),
+                                 device=args.device)
+    rows = evaluate_under_attacks(scenario, policy, grid, adversary_for=adversary_for)
     settings = ", ".join(f"{key}={value}" for key, value in dataclasses.asdict(grid).items()
                          if key in ("steps", "rule", "restarts", "candidates", "norm", "episodes"))
     console = Console()

@@ -35,8 +35,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", help="override the preset's seeds")
     parser.add_argument("--reg-coefs", type=float, nargs="+", help="override the preset's lambda values")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="config overrides of the cells (e.g. total_agent_steps=1e5 reg.steps=2); reg.* reach the methods with that setting, shock.* the adversarial ones")
-    parser.add_argument("--attacks", nargs="+", help="override the attacks (random spike system action value)")
+                        help="config overrides of the cells (e.g. total_agent_steps=1e5 reg.steps=2); reg.* reach "
+                             "the methods with that setting, shock.* the adversarial ones")
+    parser.add_argument("--attacks", nargs="+",
+                        help="override the attacks (random spike system action value random_search learned)")
     parser.add_argument("--modes", nargs="+", help="override the shock modes (shared per_agent)")
     parser.add_argument("--eps", type=float, nargs="+", help="override the eps grid (0 is always included)")
     parser.add_argument("--episodes", type=int, help="override the evaluation episodes per cell")

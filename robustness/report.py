@@ -242,8 +242,8 @@ def attack_tables(evals: list[dict[str, Any]], labels: Labels, reps: int) -> tup
                         "`system` attack by more than noise (return difference, paired per seed, IQM [95% CI] < 0): "
                         "PGD's gradients mislead it on these policies.\n\n" + markdown_table(
                             ["scenario", "method", "mode", "ε", "return difference"],
-                            [[w["scenario"], labels(w["scenario"], w["method"], w["reg_coef"]), w["mode"], f"{w['eps']:g}",
-                              str(w["gap"])] for w in warnings]))
+                            [[w["scenario"], labels(w["scenario"], w["method"], w["reg_coef"]), w["mode"],
+                              f"{w['eps']:g}", str(w["gap"])] for w in warnings]))
     else:
         markdown.append("None: wherever both were evaluated, `random_search` did not beat PGD beyond noise.\n\n")
     return "".join(markdown), csv_rows

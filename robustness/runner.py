@@ -25,6 +25,7 @@ from agents.config import ConfigError, parse_overrides, resolve
 from agents.run import CHECKPOINT, atomic_write, load_config, load_run, train
 from envs.core import SCENARIOS
 from regularizers import METHODS
+from robustness.adversary import AdversaryConfig, load_or_train
 from robustness.diagnostics import evaluation_states, theory_diagnostics
 from robustness.evaluate import AttackGrid, evaluate_under_attacks
 
@@ -81,8 +82,9 @@ PRESETS: dict[str, BenchmarkConfig] = {
     # minutes on a 2-core CPU: two scenarios, three methods, two seeds, the small configs
     "smoke": BenchmarkConfig(
         scenarios=("commons", "routing"), methods=("ppo", "aajr", "adv"), seeds=(0, 1), size="small",
-        attack=AttackGrid(attacks=("random", "spike", "system", "action", "random_search"), modes=("shared",),
-                          eps=(0.0, 0.1, 0.2), steps=5, episodes=16, restarts=1, candidates=8),
+        attack=AttackGrid(attacks=("random", "spike", "system", "action", "random_search", "learned"),
+                          modes=("shared",), eps=(0.0, 0.1, 0.2), steps=5, episodes=16, restarts=1, candidates=8,
+                          learned_eps=(0.2,), learned_steps=8192),
         diag_states=64),
     # the full grid: every scenario and method, five seeds, the default configs
     "full": BenchmarkConfig(),
@@ -161,7 +163,13 @@ def run_cell(cell: Cell, config: BenchmarkConfig, results_dir: pathlib.Path | st
     if summary is None:
         raise RuntimeError(f"cell {cell.name}: training stopped before the end")
     _, scenario, policy = load_run(run_dir)
-    evaluations = evaluate_under_attacks(scenario, policy, config.attack)
+    grid = config.attack
+
+    def adversary_for(mode: str, eps: float):
+        return load_or_train(run_dir, AdversaryConfig(eps=eps, norm=grid.norm, mode=mode,
+                                                      total_agent_steps=grid.learned_steps, seed=cell.seed))
+
+    evaluations = evaluate_under_attacks(scenario, policy, grid, adversary_for=adversary_for)
     batch = evaluation_states(scenario, policy, config.attack.episodes, config.diag_states, seed=cell.seed)
     diagnostics = theory_diagnostics(scenario, policy, batch, config.diag_eps, config.diag_steps, seed=cell.seed)
     result = {"cell": dataclasses.asdict(cell), "evaluations": evaluations, "diagnostics": diagnostics,

@@ -114,6 +114,16 @@ def test_the_evaluation_attack_fills_its_budget_and_finds_more_than_plain_pga(na
     _, best_info = compute_shock(scenario, state, obs, victim, best_only, torch.Generator().manual_seed(2))
     assert (search_info["shock/gain"] >= best_info["shock/gain"] - 1e-12).all()
     assert "shock/search_wins" in search_info
+    rollout = ShockConfig(eps=0.1, steps=5, mode=mode, objective="rollout", horizon=3, rule="normalized",
+                          best_iterate=True)
+    env_generator = envs.make_generator(7)
+    before = env_generator.get_state()
+    delta, rollout_info = compute_shock(scenario, state, obs, victim, rollout, torch.Generator().manual_seed(2),
+                                        env_generator=env_generator)
+    assert torch.equal(env_generator.get_state(), before)  # a copy of the environment's draws, not the draws
+    assert float(rollout_info["shock/budget_use"].mean()) > 0.9 and (rollout_info["shock/gain"] >= 0).all()
+    with pytest.raises(ValueError, match="objective 'rollout' needs env_generator"):
+        compute_shock(scenario, state, obs, victim, rollout, torch.Generator().manual_seed(2))
 
 
 def test_bad_attack_settings_are_named():

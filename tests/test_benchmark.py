@@ -24,8 +24,8 @@ TINY = BenchmarkConfig(
     scenarios=("routing",), methods=("ppo", "aajr", "adv"), seeds=(0,), size="small",
     overrides=("total_agent_steps=480", "env.horizon=5", "ppo.num_envs=8", "ppo.rollout_steps=5", "eval_envs=4",
                "reg.steps=2", "checkpoint_every=1"),
-    attack=AttackGrid(attacks=("random", "system", "random_search"), modes=("shared",), eps=(0.0, 0.2), steps=2,
-                      episodes=4, restarts=1, candidates=2),
+    attack=AttackGrid(attacks=("random", "system", "random_search", "rollout", "learned"), modes=("shared",),
+                      eps=(0.0, 0.2), steps=2, episodes=4, restarts=1, candidates=2, horizon=2, learned_steps=256),
     diag_states=8, diag_steps=2)
 
 
@@ -77,10 +77,15 @@ def test_grid_results_hold_the_nominal_row_at_eps_zero_and_refuse_another_grid(t
         worst = next(row for row in rows if row["attack"] == "worst" and row["eps"] == 0.2)
         lowest = min(attacked, key=lambda row: row["return_per_agent"])
         assert worst["worst_attack"] == lowest["attack"] and worst["return_per_agent"] == lowest["return_per_agent"]
+        learned = next(row for row in rows if row["attack"] == "learned" and row["eps"] == 0.2)
+        assert 0 < learned["budget_use"] <= 1 + 1e-6
+        cell = result["cell"]
+        run_dir = tmp_path / "runs" / f"routing-{cell['method']}-lam{cell['reg_coef']:g}-seed0"
+        assert (run_dir / "adversaries" / "shared-l2-eps0.2.pt").is_file()  # saved beside the victim, reused
         assert result["diagnostics"]["eval_states"] == 8
         assert result["diagnostics"]["jvp_norm_mean"] > 0
     lines = (tmp_path / "evaluations.csv").read_text().splitlines()
-    assert len(lines) == 1 + 3 * 9  # header + 3 cells x (none + 3 attacks x 2 eps + worst x 2 eps)
+    assert len(lines) == 1 + 3 * 13  # header + 3 cells x (none + 5 attacks x 2 eps + worst x 2 eps)
     assert json.loads((tmp_path / "run.json").read_text())["command"] == "pytest"
     paths = write_report(tmp_path, reps=200)
     assert (tmp_path / "report" / "index.md") in paths and all(path.exists() for path in paths)
