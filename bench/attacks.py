@@ -1,0 +1,167 @@
+"""How much each attack of the suite hurts trained policies, and how much of its budget it uses.
+
+PPO and AAJR (seed 0, lambda 0.1) on the routing and compute default configs (trained here, or reused
+from ``--runs``), attacked on the same 64 seeded episodes at eps 0.1 and 0.2 (l2, shared shock):
+
+* ``gradient``: the first round's attack (PGA with ``eta * grad`` steps, K = 10, last iterate);
+* ``normalized``: PGD with normalized steps, K = 20, best iterate;
+* ``restarts``: the same with 2 random restarts (the benchmark's default gradient attack);
+* ``random_search``: 32 boundary candidates per step plus the ``restarts`` result;
+* ``rollout``: normalized PGD with restarts on the system loss summed over H = 5 steps;
+* ``learned``: an RL attacker trained against the frozen victim (200k attacker-steps);
+* ``random``: a uniform shock in the ball (the floor a learned attacker must beat);
+* ``worst``: per eps, the attack with the lowest return.
+
+Damage is the return per agent lost against the unattacked policy. The script checks the attack
+issue's criteria and prints the Markdown table of the README; ``--out`` keeps the rows (JSON).
+
+    python bench/attacks.py --jobs 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import multiprocessing
+import pathlib
+import sys
+import time
+
+VICTIMS = (("routing", "ppo"), ("routing", "aajr"), ("compute", "ppo"), ("compute", "aajr"))
+EPS = (0.1, 0.2)
+ATTACKS = ("gradient", "normalized", "restarts", "random_search", "rollout", "learned", "random")
+
+
+def shock_config(attack: str, eps: float):
+    """The ``ShockConfig`` of one row of the table (``learned`` takes its attacker separately)."""
+    from envs.shock_wrapper import ShockConfig
+
+    common = {"eps": eps, "norm": "l2", "mode": "shared", "prob": 1.0}
+    strong = {"rule": "normalized", "best_iterate": True, "steps": 20}
+    return {
+        "gradient": ShockConfig(objective="system", rule="gradient", steps=10, **common),
+        "normalized": ShockConfig(objective="system", **strong, **common),
+        "restarts": ShockConfig(objective="system", restarts=2, **strong, **common),
+        "random_search": ShockConfig(objective="random_search", restarts=2, candidates=32, **strong, **common),
+        "rollout": ShockConfig(objective="rollout", horizon=5, restarts=2, **strong, **common),
+        "learned": ShockConfig(objective="learned", **common),
+        "random": ShockConfig(objective="random", **common),
+    }[attack]
+
+
+def trained_run(scenario: str, method: str, runs: pathlib.Path, size: str) -> pathlib.Path:
+    """The run directory of (scenario, method, seed 0) on the ``size`` config, trained (or resumed) here."""
+    from agents.config import resolve
+    from agents.run import CHECKPOINT, SUMMARY, load_config, train
+
+    config = resolve({"scenario": scenario, "method": method, "seed": 0, "size": size})
+    run_dir = runs / f"{scenario}-{method}" if size == "default" else runs / f"{scenario}-{method}-{size}"
+    if (run_dir / "config.yaml").exists() and load_config(run_dir) != config:
+        raise SystemExit(f"{run_dir} holds another config; remove it or pass another --runs")
+    if not (run_dir / SUMMARY).exists():
+        resume = (run_dir / CHECKPOINT).exists()
+        train(load_config(run_dir) if resume else config, run_dir, resume=resume, progress=False)
+    return run_dir
+
+
+def attack_victim(scenario_name: str, method: str, runs: str, size: str, episodes: int,
+                  learned_steps: int) -> list[dict]:
+    """Every (attack, eps) row of one victim."""
+    import torch
+
+    from agents.run import load_run
+    from envs.vector import TorchVectorEnv
+    from robustness.adversary import AdversaryConfig, load_or_train
+    from robustness.evaluate import EVAL_SEED, play
+
+    torch.set_num_threads(1)
+    run_dir = trained_run(scenario_name, method, pathlib.Path(runs), size)
+    _, scenario, policy = load_run(run_dir)
+    env = TorchVectorEnv(scenario, num_envs=episodes, auto_reset=False)
+    nominal = play(env, policy, None, EVAL_SEED)["return_per_agent"]
+    rows = []
+    for eps in EPS:
+        for attack in ATTACKS:
+            start = time.perf_counter()
+            adversary = None
+            if attack == "learned":
+                adversary = load_or_train(run_dir, AdversaryConfig(eps=eps, norm="l2", mode="shared",
+                                                                   total_agent_steps=learned_steps)).shock
+            metrics = play(env, policy, shock_config(attack, eps), EVAL_SEED, adversary)
+            rows.append({"scenario": scenario_name, "method": method, "eps": eps, "attack": attack,
+                         "nominal": nominal, "return_per_agent": metrics["return_per_agent"],
+                         "damage": nominal - metrics["return_per_agent"], "budget_use": metrics["budget_use"],
+                         "seconds": time.perf_counter() - start})
+        worst = max((row for row in rows if row["eps"] == eps), key=lambda row: row["damage"])
+        rows.append({**worst, "attack": "worst", "worst_attack": worst["attack"], "seconds": 0.0})
+    return rows
+
+
+def checks(rows: list[dict]) -> list[str]:
+    """The attack issue's criteria, one line each, with the cells that fail."""
+    cells = {(row["scenario"], row["method"], row["eps"]) for row in rows}
+    at = {(row["scenario"], row["method"], row["eps"], row["attack"]): row for row in rows}
+    lines = []
+    for name, ok in (
+            ("normalized PGD uses >= 0.9 of its budget",
+             lambda c: at[(*c, "normalized")]["budget_use"] >= 0.9),
+            ("normalized PGD's damage >= the gradient rule's",
+             lambda c: at[(*c, "normalized")]["damage"] >= at[(*c, "gradient")]["damage"]),
+            ("the learned attacker's damage > the random shock's",
+             lambda c: at[(*c, "learned")]["damage"] > at[(*c, "random")]["damage"]),
+            ("the learned attacker's damage >= normalized PGD's",
+             lambda c: at[(*c, "learned")]["damage"] >= at[(*c, "normalized")]["damage"])):
+        failing = sorted(f"{s}/{m}/eps={e:g}" for s, m, e in cells if not ok((s, m, e)))
+        lines.append(f"{'yes' if not failing else 'NO '} {name}" + (f" (not in: {', '.join(failing)})"
+                                                                      if failing else ""))
+    return lines
+
+
+def markdown(rows: list[dict]) -> str:
+    header = ["scenario", "method", "eps", *ATTACKS, "worst"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for scenario, method in VICTIMS:
+        for eps in EPS:
+            cell = {row["attack"]: row for row in rows if (row["scenario"], row["method"], row["eps"])
+                    == (scenario, method, eps)}
+            if not cell:
+                continue
+            values = [f"{cell[a]['damage']:.3g} ({cell[a]['budget_use']:.2f})" for a in ATTACKS]
+            worst = cell["worst"]
+            lines.append(f"| {scenario} | {method} | {eps:g} | " + " | ".join(values)
+                         + f" | {worst['damage']:.3g} ({worst['worst_attack']}) |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=pathlib.Path, default=pathlib.Path("runs/bench-attacks"),
+                        help="where the victims are trained (reused when there)")
+    parser.add_argument("--size", default="default", help="the victims' config size (small: a quick check)")
+    parser.add_argument("--episodes", type=int, default=64)
+    parser.add_argument("--learned-steps", type=int, default=200_000, help="each learned attacker's budget")
+    parser.add_argument("--jobs", type=int, default=1, help="victims at a time (one thread each)")
+    parser.add_argument("--out", type=pathlib.Path, help="write the rows here (JSON)")
+    args = parser.parse_args()
+    if args.jobs < 1 or args.episodes < 1 or args.learned_steps < 1:
+        parser.error("--jobs, --episodes and --learned-steps must be positive")
+    start = time.perf_counter()
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
+        futures = [pool.submit(attack_victim, scenario, method, str(args.runs), args.size, args.episodes,
+                               args.learned_steps) for scenario, method in VICTIMS]
+        rows = [row for future in futures for row in future.result()]
+    print(f"damage: return per agent lost against the unattacked policy (budget use ||delta|| / eps); {args.size} "
+          f"configs, {args.episodes} episodes, l2, shared shock; {time.perf_counter() - start:.0f} s")
+    print(markdown(rows))
+    print("\n".join(checks(rows)))
+    if args.out is not None:
+        from agents.run import atomic_write
+        text = json.dumps(rows, indent=1)
+        atomic_write(args.out, lambda tmp: tmp.write_text(text))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
