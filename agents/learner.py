@@ -92,6 +92,10 @@ class PPOLearner:
             for key in ("shock/norm", "shock/gain"):
                 if key in result.info:
                     shock_stats[key] = shock_stats.get(key, 0.0) + float(result.info[key].mean()) / cfg.rollout_steps
+            if "shock/budget_use" in result.info:  # over the shocked environments only
+                shocked = result.info["shock/shocked"]
+                use = float((result.info["shock/budget_use"] * shocked).sum() / shocked.sum().clamp_min(1))
+                shock_stats["shock/budget_use"] = shock_stats.get("shock/budget_use", 0.0) + use / cfg.rollout_steps
             rewards = result.rewards.float() * cfg.reward_scale
             next_obs = result.obs.float()
             if "final_obs" in result.info:  # truncation bootstraps from the last observation of the episode
@@ -119,8 +123,9 @@ class PPOLearner:
         rollout["next_values"] = next_values
         advantages, returns = compute_gae(rollout["rewards"], rollout["values"], rollout["next_values"],
                                           rollout["dones"], cfg.gamma, cfg.gae_lambda)
+        stored = ("obs", "pre_actions", "actions", "log_probs", "values")
         batch = Batch.from_steps(states, advantages=advantages, returns=returns,
-                                 **{key: rollout[key] for key in ("obs", "pre_actions", "actions", "log_probs", "values")})
+                                 **{key: rollout[key] for key in stored})
         self.agent_steps += cfg.rollout_steps * env.num_envs * env.n_agents
         stats = {"charts/system_loss": float(torch.stack(step_losses).mean()), **shock_stats}
         if finished_returns:
