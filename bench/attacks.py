@@ -142,6 +142,8 @@ def main() -> int:
     parser.add_argument("--episodes", type=int, default=64)
     parser.add_argument("--learned-steps", type=int, default=200_000, help="each learned attacker's budget")
     parser.add_argument("--jobs", type=int, default=1, help="victims at a time (one thread each)")
+    parser.add_argument("--victims", nargs="+", default=[f"{s}-{m}" for s, m in VICTIMS],
+                        choices=[f"{s}-{m}" for s, m in VICTIMS], help="a subset of the victims")
     parser.add_argument("--out", type=pathlib.Path, help="write the rows here (JSON)")
     args = parser.parse_args()
     if args.jobs < 1 or args.episodes < 1 or args.learned_steps < 1:
@@ -150,7 +152,8 @@ def main() -> int:
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
         futures = [pool.submit(attack_victim, scenario, method, str(args.runs), args.size, args.episodes,
-                               args.learned_steps) for scenario, method in VICTIMS]
+                               args.learned_steps) for scenario, method in VICTIMS
+                   if f"{scenario}-{method}" in args.victims]
         rows = [row for future in futures for row in future.result()]
     print(f"damage: return per agent lost against the unattacked policy (budget use ||delta|| / eps); {args.size} "
           f"configs, {args.episodes} episodes, l2, shared shock; {time.perf_counter() - start:.0f} s")
