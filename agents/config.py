@@ -56,7 +56,8 @@ class TrainConfig:
     :param env: the scenario's keyword arguments.
     :param ppo: PPO hyper-parameters.
     :param shock: the shocks of the adversarial methods' rollouts (``adv``, ``aajr+adv``); ``shock.prob``
-        is the probability that a step is shocked once the warm-up is over.
+        is the probability that a step is shocked once the warm-up is over; PGA with normalized steps
+        (``shock.rule=gradient`` for the first round's).
     :param shock_warmup: fraction of training over which the shock probability ramps up from 0.
     """
 
@@ -72,7 +73,7 @@ class TrainConfig:
     eval_envs: int = 256
     env: dict = dataclasses.field(default_factory=dict)
     ppo: PPOConfig = dataclasses.field(default_factory=PPOConfig)
-    shock: ShockConfig = dataclasses.field(default_factory=lambda: ShockConfig(prob=0.5, steps=3))
+    shock: ShockConfig = dataclasses.field(default_factory=lambda: ShockConfig(prob=0.5, steps=3, rule="normalized"))
     shock_warmup: float = 0.3
 
     @property

@@ -6,8 +6,9 @@
 Trains stable-baselines3's ``PPO`` and ``agents.sb3.RegularizedPPO`` (the same PPO with the AAJR penalty
 in its loss) on the routing scenario's default config (4 agents, 4 paths, 50 steps; the PPO settings of
 ``agents/configs/routing.yaml`` through ``agents.sb3.ppo_kwargs``) with the same seeds, then evaluates each
-deterministic policy under shared-state PGA attacks on the system loss (``robustness.evaluate``: K = 10
-steps, l2 ball of radius eps, every step of 64 held-out episodes) and prints the total travel time per
+deterministic policy under shared-state PGD attacks on the system loss (``robustness.evaluate``: K = 10
+normalized steps, the best iterate over the zero start and 2 random restarts, l2 ball of radius eps,
+every step of 64 held-out episodes) and prints the total travel time per
 step relative to the system optimum (1 is optimal, lower is better), the mean over seeds.
 """
 
