@@ -1,7 +1,7 @@
 """How much each attack of the suite hurts trained policies, and how much of its budget it uses.
 
-PPO and AAJR (seed 0, lambda 0.1) on the routing and compute default configs (trained here, or reused
-from ``--runs``), attacked on the same 64 seeded episodes at eps 0.1 and 0.2 (l2, shared shock):
+PPO and AAJR (seed 0, lambda 0.1, AAJR's training PGA with the ``gradient`` rule) on the routing and
+compute default configs (trained here, or reused from ``--runs``), attacked on the same 64 seeded episodes at eps 0.1 and 0.2 (l2, shared shock):
 
 * ``gradient``: the first round's attack (PGA with ``eta * grad`` steps, K = 10, last iterate);
 * ``normalized``: PGD with normalized steps, K = 20, best iterate;
@@ -55,7 +55,9 @@ def trained_run(scenario: str, method: str, runs: pathlib.Path, size: str) -> pa
     from agents.config import resolve
     from agents.run import CHECKPOINT, SUMMARY, load_config, train
 
-    config = resolve({"scenario": scenario, "method": method, "seed": 0, "size": size})
+    # the victims of the README's table: AAJR trained with the first round's training rule (gradient)
+    extra = {"reg": {"rule": "gradient"}} if method == "aajr" else {}
+    config = resolve({"scenario": scenario, "method": method, "seed": 0, "size": size, **extra})
     run_dir = runs / f"{scenario}-{method}" if size == "default" else runs / f"{scenario}-{method}-{size}"
     if (run_dir / "config.yaml").exists() and load_config(run_dir) != config:
         raise SystemExit(f"{run_dir} holds another config; remove it or pass another --runs")
