@@ -230,6 +230,14 @@ def size_section(scenario: str, size: str, config_dir: pathlib.Path | None = Non
     return {**section, "env": {**preset, **env}}
 
 
+def device_kind(device: str) -> str:
+    """The kind of a torch device name (``cpu``, ``cuda``...); a name torch does not parse is refused."""
+    try:
+        return torch.device(device).type
+    except RuntimeError:
+        raise ConfigError(f"device {device!r} is not a torch device; e.g. cpu, cuda, cuda:1") from None
+
+
 def _positive(path: str, value: Any) -> None:
     if value < 1:
         raise ConfigError(f"{path} must be a positive integer, got {value}")
@@ -259,10 +267,7 @@ def resolve(overrides: dict[str, Any], config_dir: pathlib.Path | None = None) -
         raise ConfigError(f"env: {error}") from None
     if config.seed < 0:
         raise ConfigError(f"seed must be >= 0, got {config.seed}")
-    try:
-        torch.device(config.device)
-    except RuntimeError:
-        raise ConfigError(f"device {config.device!r} is not a torch device; e.g. cpu, cuda, cuda:1") from None
+    device_kind(config.device)
     for name in ("total_agent_steps", "checkpoint_every", "eval_envs"):
         _positive(name, getattr(config, name))
     for name in ("num_envs", "rollout_steps", "update_epochs", "num_minibatches"):

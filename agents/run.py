@@ -32,7 +32,7 @@ from typing import Any, Callable, NamedTuple
 import torch
 import yaml
 
-from agents.config import ConfigError, TrainConfig, resolve, to_dict
+from agents.config import ConfigError, TrainConfig, device_kind, resolve, to_dict
 from agents.evaluate import summarise
 from agents.learner import PPOLearner
 from agents.policy import MultiAgentActorCritic, make_policy
@@ -53,6 +53,16 @@ def atomic_write(path: pathlib.Path, write: Callable[[pathlib.Path], Any]) -> No
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
     os.replace(tmp, path)
+
+
+def atomic_write_csv(path: pathlib.Path, rows: list[dict[str, Any]], columns: list[str] | None = None) -> None:
+    """Write ``rows`` as a CSV atomically; columns: ``columns`` or the first row's keys (missing cells empty)."""
+    def write(tmp: pathlib.Path) -> None:
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns or list(rows[0]), restval="")
+            writer.writeheader()
+            writer.writerows(rows)
+    atomic_write(path, write)
 
 
 def save_checkpoint(run_dir: pathlib.Path, learner: PPOLearner) -> None:
@@ -89,15 +99,7 @@ class MetricsLog:
     def write(self, iteration: int, metrics: dict[str, float]) -> None:
         row = {"iteration": iteration, **{k: f"{v:.6g}" for k, v in sorted(metrics.items())}}
         self.rows.append(row)
-        columns = list(dict.fromkeys(key for logged in self.rows for key in logged))
-
-        def write_csv(tmp: pathlib.Path) -> None:
-            with tmp.open("w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=columns, restval="")
-                writer.writeheader()
-                writer.writerows(self.rows)
-
-        atomic_write(self.path, write_csv)
+        atomic_write_csv(self.path, self.rows, list(dict.fromkeys(key for logged in self.rows for key in logged)))
         if self.tensorboard is not None:
             step = int(metrics.get("charts/agent_steps", iteration))
             for key, value in metrics.items():
@@ -151,10 +153,7 @@ def load_config(run_dir: pathlib.Path | str) -> TrainConfig:
 
 def check_device(device: str) -> None:
     """Refuse a device this machine does not have (one line, before anything is built)."""
-    try:
-        kind = torch.device(device).type
-    except RuntimeError:
-        raise ConfigError(f"device {device!r} is not a torch device; e.g. cpu, cuda, cuda:1") from None
+    kind = device_kind(device)
     backend = {"cuda": torch.cuda, "mps": getattr(torch.backends, "mps", None), "xpu": getattr(torch, "xpu", None)}
     if kind != "cpu" and not (kind in backend and backend[kind] is not None and backend[kind].is_available()):
         raise ConfigError(f"device {device!r} requested but {kind} is not available on this machine")

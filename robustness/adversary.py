@@ -382,6 +382,17 @@ def adversary_path(run_dir: pathlib.Path | str, mode: str, norm: str, eps: float
     return pathlib.Path(run_dir) / ADVERSARIES_DIR / f"{mode}-{norm}-eps{eps:g}.pt"
 
 
+def saved_adversaries(run_dir: pathlib.Path | str, grid, seed: int = 0,
+                      device: torch.device | str = "cpu") -> Callable[[str, float], "LearnedAdversary"]:
+    """``adversary_for(mode, eps)`` of ``robustness.evaluate.evaluate_under_attacks``: the ``learned``
+    attacker of an attack grid (its norm and ``learned_steps``) against the run's policy, saved in the
+    run directory and reused (``load_or_train``)."""
+    def adversary_for(mode: str, eps: float) -> LearnedAdversary:
+        config = AdversaryConfig(eps=eps, norm=grid.norm, mode=mode, total_agent_steps=grid.learned_steps, seed=seed)
+        return load_or_train(run_dir, config, device=device)
+    return adversary_for
+
+
 def load_or_train(run_dir: pathlib.Path | str, config: AdversaryConfig | None = None, *,
                   device: torch.device | str = "cpu", progress: bool = False) -> LearnedAdversary:
     """The adversary of ``config`` against the run's policy (``agents.run.load_run``): the saved one at

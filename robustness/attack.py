@@ -17,7 +17,6 @@ load only files you trust.
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import pathlib
 import sys
@@ -27,9 +26,9 @@ from rich.console import Console
 from rich.table import Table
 
 from agents.config import ConfigError, parse_overrides, resolve
-from agents.run import atomic_write, check_device, load_run
+from agents.run import atomic_write_csv, check_device, load_run
 from envs.core import make_scenario
-from robustness.adversary import AdversaryConfig, load_or_train
+from robustness.adversary import saved_adversaries
 from robustness.evaluate import AttackGrid, evaluate_under_attacks
 
 
@@ -116,12 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    adversary_for = None
-    if args.policy.is_dir():  # attackers are saved beside the run and reused
-        def adversary_for(mode: str, eps: float):
-            return load_or_train(args.policy, AdversaryConfig(eps=eps, norm=grid.norm, mode=mode,
-                                                              total_agent_steps=grid.learned_steps),
-                                 device=args.device)
+    # attackers are saved beside a run directory and reused; an SB3 model's are trained in memory
+    adversary_for = saved_adversaries(args.policy, grid, device=args.device) if args.policy.is_dir() else None
     rows = evaluate_under_attacks(scenario, policy, grid, adversary_for=adversary_for)
     settings = ", ".join(f"{key}={value}" for key, value in dataclasses.asdict(grid).items()
                          if key in ("steps", "rule", "restarts", "candidates", "norm", "episodes"))
@@ -129,12 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     console.width = max(console.width, 120)  # piped output: rich would squeeze the table into 80 columns
     console.print(attack_table(rows, f"{args.policy} on {scenario.name} ({settings})"))
     if args.out is not None:
-        def write_csv(tmp: pathlib.Path) -> None:
-            with tmp.open("w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-                writer.writeheader()
-                writer.writerows(rows)
-        atomic_write(args.out, write_csv)
+        atomic_write_csv(args.out, rows)
         print(f"rows: {args.out}")
     return 0
 

@@ -29,15 +29,15 @@ def evaluation_states(scenario, policy, episodes: int, max_states: int, seed: in
     """States visited by the deterministic policy in ``episodes`` nominal episodes, subsampled
     uniformly to at most ``max_states``: a ``Batch`` of their observations, actions and states."""
     env = TorchVectorEnv(scenario, num_envs=episodes, auto_reset=False)
-    actions = []
+    observations, actions = [], []
 
     def act(obs: torch.Tensor, state) -> torch.Tensor:
-        actions.append(policy.deterministic_action(obs.float()).to(scenario.dtype))
+        observations.append(obs.float())
+        actions.append(policy.deterministic_action(observations[-1]).to(scenario.dtype))
         return actions[-1]
 
     episode = run_episode(env, act, seed)
-    visited = Batch.from_steps(episode.states, actions=actions,
-                               obs=[scenario.observe(state).float() for state in episode.states])
+    visited = Batch.from_steps(episode.states, actions=actions, obs=observations)
     keep = torch.randperm(len(visited), generator=torch.Generator().manual_seed(seed))[:max_states]
     return visited[keep.to(scenario.device)]
 

@@ -12,7 +12,6 @@ the same results.
 from __future__ import annotations
 
 import concurrent.futures
-import csv
 import dataclasses
 import json
 import multiprocessing
@@ -22,10 +21,10 @@ from typing import Any, Callable, Iterable
 import torch
 
 from agents.config import ConfigError, parse_overrides, resolve
-from agents.run import CHECKPOINT, atomic_write, load_config, load_run, train
+from agents.run import CHECKPOINT, atomic_write, atomic_write_csv, load_config, load_run, train
 from envs.core import SCENARIOS
 from regularizers import METHODS
-from robustness.adversary import AdversaryConfig, load_or_train
+from robustness.adversary import saved_adversaries
 from robustness.diagnostics import evaluation_states, theory_diagnostics
 from robustness.evaluate import AttackGrid, evaluate_under_attacks
 
@@ -165,11 +164,8 @@ def run_cell(cell: Cell, config: BenchmarkConfig, results_dir: pathlib.Path | st
     _, scenario, policy = load_run(run_dir)
     grid = config.attack
 
-    def adversary_for(mode: str, eps: float):
-        return load_or_train(run_dir, AdversaryConfig(eps=eps, norm=grid.norm, mode=mode,
-                                                      total_agent_steps=grid.learned_steps, seed=cell.seed))
-
-    evaluations = evaluate_under_attacks(scenario, policy, grid, adversary_for=adversary_for)
+    evaluations = evaluate_under_attacks(scenario, policy, grid,
+                                         adversary_for=saved_adversaries(run_dir, grid, seed=cell.seed))
     batch = evaluation_states(scenario, policy, config.attack.episodes, config.diag_states, seed=cell.seed)
     diagnostics = theory_diagnostics(scenario, policy, batch, config.diag_eps, config.diag_steps, seed=cell.seed)
     result = {"cell": dataclasses.asdict(cell), "evaluations": evaluations, "diagnostics": diagnostics,
@@ -269,9 +265,4 @@ def merge_results(results_dir: pathlib.Path, cells: Iterable[Cell]) -> None:
         evaluation_rows += [{**key, **row} for row in result["evaluations"]]
         diagnostic_rows.append({**key, **result["diagnostics"]})
     for name, rows in (("evaluations.csv", evaluation_rows), ("diagnostics.csv", diagnostic_rows)):
-        def write_csv(tmp: pathlib.Path, rows: list[dict[str, Any]] = rows) -> None:
-            with tmp.open("w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-                writer.writeheader()
-                writer.writerows(rows)
-        atomic_write(results_dir / name, write_csv)
+        atomic_write_csv(results_dir / name, rows)
