@@ -24,7 +24,6 @@ import json
 import math
 import os
 import pathlib
-import pickle
 import signal
 import sys
 from typing import Any, Callable, NamedTuple
@@ -69,16 +68,22 @@ def save_checkpoint(run_dir: pathlib.Path, learner: PPOLearner) -> None:
     atomic_write(pathlib.Path(run_dir) / CHECKPOINT, lambda tmp: torch.save(learner.state_dict(), tmp))
 
 
+def read_torch_file(path: pathlib.Path, device: torch.device | str, what: str) -> Any:
+    """``torch.load(path, weights_only=True)`` (no code is unpickled); a file that cannot be read as one,
+    whatever the unpickler raises on its bytes, is a one-line ``ConfigError`` naming ``path`` and ``what``."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:  # truncated, empty or garbage bytes fail in many ways inside the unpickler
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"{path}: not a readable {what} ({reason})") from None
+
+
 def load_checkpoint(run_dir: pathlib.Path, device: str = "cpu") -> dict[str, Any]:
     """The checkpoint's tensors and numbers, read with ``weights_only=True`` (no code is unpickled)."""
     path = pathlib.Path(run_dir) / CHECKPOINT
     if not path.is_file():
         raise ConfigError(f"{path}: no checkpoint there")
-    try:
-        return torch.load(path, map_location=device, weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ConfigError(f"{path}: not a readable checkpoint ({reason})") from None
+    return read_torch_file(path, device, "checkpoint")
 
 
 class MetricsLog:

@@ -10,7 +10,7 @@ the interface of an ``envs.TorchVectorEnv`` in which the attackers are the agent
 | Attacker observation | agent 0's shock channels and ``time`` (``t / T``) | victim i's observation ``(D,)`` |
 | Attacker action | ``a`` in ``[-2, 2]^k``, k = number of shock channels | the same, per attacker |
 | Shock | ``delta = Proj_Delta(eps * a)`` on the shock channels, the same for every victim | per victim |
-| Reward (every attacker) | the step's system loss in the victim's own standard units (below) | the same |
+| Reward (every attacker) | the step's system loss minus a coupled unshocked twin's, standardised (below) | the same |
 
 **Action map.** The learner squashes its Gaussian into the box ``[-2, 2]^k``; the action ``a`` is
 placed on the shock channels (zero elsewhere), scaled by eps and projected onto the ball
@@ -21,16 +21,24 @@ open set of actions (``|a_j| >= 1`` for some j, or ``||a||_2 >= 1``), reached at
 logits: attacks that spend the whole budget, the usual optimum, are easy to represent. The learner's
 initial mean action is ``a = 0`` (no shock). Shocks are **always** inside the masked ball.
 
-**Reward.** The attacker maximises the victims' system loss (minus their social reward). Before
-training, one unshocked episode of the victim on ``CALIBRATION_ENVS`` environments gives the mean ``m``
-and standard deviation ``s`` of its per-step system loss; every attacker's reward is
-``(system_loss - m) / s`` (times ``ppo.reward_scale``): centred and of unit variance at the start in
-every scenario, so that the critic's targets are O(1) and its gradients do not crowd out the actor's
-under the learner's global gradient clipping. (With a robust scale, median and interquartile range,
-routing's rare demand-spike steps gave rewards in the tens, value losses in the thousands and a weaker
-attacker.) Centring does not change the optimum: every episode has the same length. The learner's
-``charts/system_loss`` stays the raw system loss, and ``shock/norm`` (applied ``||delta||_p``) and
-``shock/gain`` (system loss minus that of the unshocked victim in the same state) are logged.
+**Reward.** The attacker maximises the victims' system loss (minus their social reward). Raw, that
+signal is mostly the exogenous draws: against a robust victim the best shock moves the per-step loss by
+about 0.1% of its spread across environments (compute, AAJR), and 200k attacker steps learned a shock
+*weaker than a random one*. So each environment runs beside an unshocked **twin**: the same victim, the
+same initial state and the same exogenous draws (a copy of the environment's generator; the scenarios'
+draws do not depend on the state, so the two stay in lockstep), never shocked. The reward is
+``(L_t - L_t^twin - m) / s``, the step's system loss over the twin's (common random numbers). The twin
+never sees the attacker's actions, so its losses are a baseline independent of them: the expected
+return changes by a constant and the optimum, including harm done through the dynamics over later
+steps, is the same as for the raw loss; only the noise goes. ``m`` and ``s`` are the mean and standard
+deviation of that difference under uniform random shocks of the ball on one calibration episode of
+``CALIBRATION_ENVS`` environments (``s`` at least ``1e-6`` of the nominal loss's scale): centred and
+O(1) at the start, so that the critic's targets are O(1) and its gradients do not crowd out the
+actor's under the learner's global gradient clipping. Centring does not change the optimum: every
+episode has the same length. ``reward="raw"`` keeps the first version, ``(L_t - m) / s`` with ``m, s``
+those of the unshocked loss (for comparison). The learner's ``charts/system_loss`` stays the raw system
+loss; ``shock/norm`` (applied ``||delta||_p``), ``shock/gain`` (system loss minus that of the unshocked
+victim in the same state) and ``shock/twin_gain`` (``L_t - L_t^twin``) are logged.
 
 **Budget.** ``total_agent_steps`` counts attacker steps (environment steps x attackers), as the
 learner counts agents. The victim acts deterministically (``deterministic_action``) on float32
@@ -51,7 +59,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import pathlib
-import pickle
 import time
 from typing import Any, Callable
 
@@ -61,14 +68,15 @@ from agents.learner import PPOLearner
 from agents.policy import MultiAgentActorCritic, make_policy
 from agents.ppo import PPOConfig
 from agents.progress import progress_bar
-from agents.run import atomic_write, load_run
+from agents.run import atomic_write, load_run, read_torch_file
 from envs.core import Scenario, State, check_choice, check_positive_int, check_real, make_scenario
-from envs.shocks import MODES, NORMS, project
+from envs.shocks import MODES, NORMS, project, random_in_ball
 from envs.vector import TorchVectorEnv, VectorStep, run_episode
 
 ACTION_BOUND = 2.0  # attacker actions live in [-ACTION_BOUND, ACTION_BOUND]^k, delta = Proj(eps * a)
-FILE_FORMAT = 1
+FILE_FORMAT = 2  # 2: AdversaryConfig.reward
 ADVERSARIES_DIR = "adversaries"
+REWARDS = ("twin", "raw")
 CALIBRATION_SEED_OFFSET = 7_000  # the reward calibration episode never reuses the learner's seeds
 CALIBRATION_ENVS = 256
 
@@ -93,6 +101,7 @@ class AdversaryConfig:
     :param total_agent_steps: training budget in attacker steps (environment steps x attackers).
     :param seed: seeds the attacker's initialisation, sampling, environments and calibration (>= 0).
     :param ppo: the attacker's PPO hyper-parameters (``attacker_ppo()`` by default).
+    :param reward: ``twin`` (the loss over a coupled unshocked twin's) or ``raw`` (see the module docstring).
     """
 
     eps: float = 0.1
@@ -101,9 +110,11 @@ class AdversaryConfig:
     total_agent_steps: int = 200_000
     seed: int = 0
     ppo: PPOConfig = dataclasses.field(default_factory=attacker_ppo)
+    reward: str = "twin"
 
     def __post_init__(self) -> None:
         check_real("eps", self.eps, 0.0, low_open=True)
+        check_choice("reward", self.reward, REWARDS)
         check_choice("norm", self.norm, NORMS)
         check_choice("mode", self.mode, MODES)
         check_positive_int("total_agent_steps", self.total_agent_steps)
@@ -206,19 +217,22 @@ class ShockMap:
 class AttackEnv:
     """The attackers' environment, shaped like a ``TorchVectorEnv`` for ``PPOLearner`` (no penalty, no
     shocks): ``num_envs`` environments of ``scenario`` (auto-reset) whose frozen victims act on their
-    observations plus the attackers' shock; rewards ``(B, n_attackers)`` are the standardised system loss.
+    observations plus the attackers' shock; rewards ``(B, n_attackers)`` are the standardised system loss,
+    over that of an unshocked twin of each environment when ``twin`` (see the module docstring).
 
     :param scenario: the victims' scenario.
     :param victim: ``obs (B, N, D) -> actions (B, N, A)`` (``victim_actions``).
     :param shock_map: the attackers' observation and action map.
     :param num_envs: environments B.
-    :param reward_shift: ``m`` of the reward ``(system_loss - m) / scale``.
+    :param reward_shift: ``m`` of the reward ``(system_loss [- twin's] - m) / scale``.
     :param reward_scale: its ``scale`` (> 0).
+    :param twin: run the coupled unshocked twins and subtract their losses.
     """
 
     def __init__(self, scenario: Scenario, victim: Victim, shock_map: ShockMap, num_envs: int,
-                 reward_shift: float = 0.0, reward_scale: float = 1.0) -> None:
+                 reward_shift: float = 0.0, reward_scale: float = 1.0, twin: bool = False) -> None:
         self.env = TorchVectorEnv(scenario, num_envs=num_envs)
+        self.twin = TorchVectorEnv(scenario, num_envs=num_envs) if twin else None
         self.victim, self.shock_map = victim, shock_map
         self.reward_shift, self.reward_scale = reward_shift, reward_scale
         self.scenario = shock_map.space(scenario.device, scenario.dtype)
@@ -233,15 +247,25 @@ class AttackEnv:
         return self.env.state
 
     @state.setter
-    def state(self, state: State) -> None:  # PPOLearner.load_state_dict
+    def state(self, state: State) -> None:  # PPOLearner.load_state_dict: the twins restart from it
         self.env.state = state
+        self._couple_twin()
 
     @property
     def generator(self) -> torch.Generator | None:
         return self.env.generator
 
+    def _couple_twin(self) -> None:
+        """Put the twins in the environments' state, with a copy of their generator."""
+        if self.twin is not None and self.env.state is not None:
+            self.twin.state = {key: value.clone() for key, value in self.env.state.items()}
+            self.twin.generator = torch.Generator(device=self.env.generator.device)
+            self.twin.generator.set_state(self.env.generator.get_state())
+
     def reset(self, seed: int | None = None) -> torch.Tensor:
-        return self.shock_map.observe(self.env.reset(seed=seed))
+        obs = self.env.reset(seed=seed)
+        self._couple_twin()
+        return self.shock_map.observe(obs)
 
     @torch.no_grad()
     def step(self, actions: torch.Tensor) -> VectorStep:
@@ -257,7 +281,12 @@ class AttackEnv:
         size = delta.abs().amax(-1) if self.shock_map.norm == "linf" else delta.norm(dim=-1)
         info["shock/norm"] = size.amax(-1)
         info["shock/gain"] = result.system_loss - nominal_loss
-        reward = (result.system_loss - self.reward_shift) / self.reward_scale
+        loss = result.system_loss
+        if self.twin is not None:
+            twin = self.twin.step(self.victim(scenario.observe(self.twin.state)))
+            loss = loss - twin.system_loss
+            info["shock/twin_gain"] = loss
+        reward = (loss - self.reward_shift) / self.reward_scale
         rewards = reward.unsqueeze(-1).expand(-1, self.n_agents)
         return VectorStep(self.shock_map.observe(result.obs), rewards, result.system_loss, result.truncated, info)
 
@@ -295,9 +324,11 @@ class LearnedAdversary:
     def load(cls, path: pathlib.Path | str, device: torch.device | str = "cpu") -> "LearnedAdversary":
         """The adversary saved at ``path``, on ``device``; an unreadable file is a one-line ValueError."""
         path = pathlib.Path(path)
+        data = read_torch_file(path, device, "adversary file")
         try:
-            data = torch.load(path, map_location=device, weights_only=True)
-            if data.get("format") != FILE_FORMAT:
+            if not isinstance(data, dict) or data.get("format") != FILE_FORMAT:
+                raise ValueError(f"format {data.get('format') if isinstance(data, dict) else None!r}, "
+                                 f"expected {FILE_FORMAT}")
                 raise ValueError(f"format {data.get('format')!r}, expected {FILE_FORMAT}")
             config = AdversaryConfig.from_dict(data["config"])
             shock_map = ShockMap(config.eps, config.norm, config.mode, data["shock_mask"].to(torch.bool),
@@ -305,8 +336,7 @@ class LearnedAdversary:
             with torch.random.fork_rng(devices=[]):  # building draws initial weights: leave the caller's alone
                 policy = make_policy(shock_map.space(torch.device(device), torch.float32), config.ppo)
             policy.load_state_dict(data["policy"])
-        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, ValueError, KeyError, TypeError,
-                AttributeError) as error:
+        except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as error:
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise ValueError(f"{path}: not a readable adversary file ({reason})") from None
         return cls(policy, shock_map, config, data["info"])
@@ -328,13 +358,37 @@ def mean_system_loss(scenario: Scenario, victim: Any, shock: Victim | None = Non
     return float(episode_losses(scenario, victim, shock, num_envs, seed).mean())
 
 
-def reward_calibration(scenario: Scenario, victim: Victim, seed: int) -> tuple[float, float]:
-    """``(m, s)`` of the attacker's reward ``(system_loss - m) / s``: mean and standard deviation of the
-    unshocked victim's per-step system loss over one episode of ``CALIBRATION_ENVS`` environments
-    (``s`` at least ``1e-3 |m|``)."""
+def random_shocks(shock_map: ShockMap, seed: int) -> Victim:
+    """``obs (B, N, D) -> delta``: uniform random shocks of ``shock_map``'s masked ball, one per
+    environment (shared mode) or per victim, from a generator seeded with ``seed``."""
+    generator = None
+
+    def shock(obs: torch.Tensor) -> torch.Tensor:
+        nonlocal generator
+        if generator is None:
+            generator = torch.Generator(device=obs.device).manual_seed(seed)
+        shape = (obs.shape[0], shock_map.n_attackers, obs.shape[-1])
+        delta = random_in_ball(shape, shock_map.eps, shock_map.norm, shock_map.shock_mask.to(obs.dtype),
+                               generator, obs.device, obs.dtype)
+        return delta.expand(obs.shape)
+
+    return shock
+
+
+def reward_calibration(scenario: Scenario, victim: Victim, shock_map: ShockMap, reward: str,
+                       seed: int) -> tuple[float, float]:
+    """``(m, s)`` of the attacker's reward ``(loss - m) / s`` on one episode of ``CALIBRATION_ENVS``
+    environments: for ``raw``, mean and standard deviation of the unshocked victim's per-step system loss
+    (``s`` at least ``1e-3 |m|``); for ``twin``, those of the per-step loss under uniform random shocks
+    minus the unshocked loss with the same draws (``s`` at least ``1e-6`` of the unshocked loss's scale)."""
     nominal = episode_losses(scenario, victim, None, CALIBRATION_ENVS, seed).double()
-    shift = float(nominal.mean())
-    return shift, max(float(nominal.std()), 1e-3 * abs(shift), 1e-8)
+    if reward == "raw":
+        shift = float(nominal.mean())
+        return shift, max(float(nominal.std()), 1e-3 * abs(shift), 1e-8)
+    shocked = episode_losses(scenario, victim, random_shocks(shock_map, seed), CALIBRATION_ENVS, seed).double()
+    gain = shocked - nominal
+    floor = 1e-6 * max(float(nominal.std()), float(nominal.abs().mean()), 1e-2)
+    return float(gain.mean()), max(float(gain.std()), floor)
 
 
 def train_adversary(scenario: Scenario | str, victim: Any, config: AdversaryConfig | None = None, *,
@@ -357,9 +411,9 @@ def train_adversary(scenario: Scenario | str, victim: Any, config: AdversaryConf
         raise ValueError(f"scenario keyword arguments {sorted(scenario_kwargs)} given with a built Scenario")
     act = victim_actions(victim)
     start = time.perf_counter()
-    shift, scale = reward_calibration(scenario, act, config.seed + CALIBRATION_SEED_OFFSET)
     shock_map = ShockMap.for_scenario(scenario, config.eps, config.norm, config.mode)
-    env = AttackEnv(scenario, act, shock_map, config.ppo.num_envs, shift, scale)
+    shift, scale = reward_calibration(scenario, act, shock_map, config.reward, config.seed + CALIBRATION_SEED_OFFSET)
+    env = AttackEnv(scenario, act, shock_map, config.ppo.num_envs, shift, scale, twin=config.reward == "twin")
     per_iteration = config.ppo.num_envs * config.ppo.rollout_steps * env.n_agents
     iterations = max(1, math.ceil(config.total_agent_steps / per_iteration))
     metrics: dict[str, float] = {}
@@ -396,12 +450,16 @@ def saved_adversaries(run_dir: pathlib.Path | str, grid, seed: int = 0,
 def load_or_train(run_dir: pathlib.Path | str, config: AdversaryConfig | None = None, *,
                   device: torch.device | str = "cpu", progress: bool = False) -> LearnedAdversary:
     """The adversary of ``config`` against the run's policy (``agents.run.load_run``): the saved one at
-    ``adversary_path`` when it was trained with the same config, else trained now and saved there."""
+    ``adversary_path`` when it was trained with the same config, else (also when that file is unreadable
+    or of another format) trained now and saved there."""
     config = AdversaryConfig() if config is None else config
     path = adversary_path(run_dir, config.mode, config.norm, config.eps)
     if path.is_file():
-        adversary = LearnedAdversary.load(path, device)
-        if adversary.config.to_dict() == config.to_dict():
+        try:
+            adversary = LearnedAdversary.load(path, device)
+        except ValueError:  # another file format or a damaged file: the cache is rebuilt
+            adversary = None
+        if adversary is not None and adversary.config.to_dict() == config.to_dict():
             return adversary
     run = load_run(run_dir, str(device))
     adversary = train_adversary(run.scenario, run.policy, config, progress=progress)

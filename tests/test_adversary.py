@@ -17,6 +17,7 @@ from agents.config import parse_overrides, resolve
 from agents.policy import make_policy
 from agents.ppo import PPOConfig
 from envs.shocks import random_in_ball
+from envs.vector import TorchVectorEnv
 from robustness.adversary import (ACTION_BOUND, AdversaryConfig, AttackEnv, LearnedAdversary, ShockMap,
                                   adversary_path, load_or_train, mean_system_loss, train_adversary)
 
@@ -130,6 +131,32 @@ def test_attack_env_shocks_what_the_victims_see_and_rewards_the_standardised_los
     torch.testing.assert_close(obs.new_tensor(1 / scenario.horizon).expand(4), result.obs[:, 0, -1])
 
 
+@pytest.mark.parametrize("name", sorted(envs.SCENARIOS))
+def test_the_twin_is_coupled_so_an_unshocked_step_has_zero_reward_signal(name):
+    """The twin shares the state and the exogenous draws: without a shock the loss difference is exactly
+    zero at every step, across the auto-reset; with one it is not, and the twin never sees the shock."""
+    scenario = small_scenario(name)
+    victim = LinearVictim(scenario)
+    shock_map = ShockMap.for_scenario(scenario, 0.5, "l2", "shared")
+    env = AttackEnv(scenario, victim.deterministic_action, shock_map, num_envs=3, reward_shift=0.25,
+                    reward_scale=4.0, twin=True)
+    env.reset(seed=1)
+    zero = torch.zeros(3, 1, int(scenario.shock_mask.sum()))
+    for _ in range(scenario.horizon + 2):  # one auto-reset included
+        result = env.step(zero)
+        assert torch.equal(result.info["shock/twin_gain"], torch.zeros(3))
+        torch.testing.assert_close(result.rewards[:, 0], torch.full((3,), -0.25 / 4.0))
+    shocked = env.step(torch.full_like(zero, ACTION_BOUND))
+    assert shocked.info["shock/twin_gain"].abs().max() > 0
+    torch.testing.assert_close(shocked.rewards[:, 0], (shocked.info["shock/twin_gain"] - 0.25) / 4.0)
+    twin_obs = scenario.observe(env.twin.state)
+    clean = TorchVectorEnv(scenario, num_envs=3, auto_reset=True)  # the same draws, never shocked
+    clean.reset(seed=1)
+    for _ in range(scenario.horizon + 3):
+        clean.step(victim.deterministic_action(scenario.observe(clean.state)))
+    torch.testing.assert_close(twin_obs, scenario.observe(clean.state), rtol=0, atol=0)
+
+
 # ----- (b) a trained adversary is stronger than a random shock of the same budget -------------------
 
 
@@ -197,6 +224,9 @@ def test_load_or_train_reuses_the_saved_adversary(tmp_path):
     assert torch.equal(again.shock(obs), first.shock(obs))
     retrained = load_or_train(run_dir, tiny_config(eps=0.05, seed=1))  # another config: trained and saved again
     assert retrained.config.seed == 1 and LearnedAdversary.load(path).config.seed == 1
+    path.write_bytes(b"an adversary of an older format")  # an unreadable cache is rebuilt, not an error
+    rebuilt = load_or_train(run_dir, tiny_config(eps=0.05, seed=1))
+    assert torch.equal(rebuilt.shock(obs), retrained.shock(obs)) and LearnedAdversary.load(path).config.seed == 1
 
 
 # ----- (d) seeding ---------------------------------------------------------------------------------------
@@ -226,6 +256,7 @@ def test_same_seed_same_adversary_other_seed_other_adversary():
     ({"norm": "l1"}, "unknown norm 'l1'; allowed: 'l2', 'linf'"),
     ({"mode": "joint"}, "unknown mode 'joint'; allowed: 'shared', 'per_agent'"),
     ({"total_agent_steps": 0}, "total_agent_steps must be a positive integer, got 0"),
+    ({"reward": "clean"}, "unknown reward 'clean'; allowed: 'twin', 'raw'"),
     ({"seed": -1}, "seed must be a non-negative integer, got -1"),
     ({"seed": 1.5}, "seed must be a non-negative integer, got 1.5"),
     ({"ppo": {"num_envs": 4}}, "ppo must be an agents.ppo.PPOConfig, got dict"),

@@ -173,9 +173,11 @@ def test_run_files_are_checked_before_use(tmp_path):
     with pytest.raises(ConfigError, match="no run config there"):
         run.load_policy(tmp_path)
     summary, run_dir = run_to_end(tmp_path, "run")
-    (run_dir / "checkpoint.pt").write_bytes(b"garbage")
-    with pytest.raises(ConfigError, match="not a readable checkpoint"):
-        run.load_policy(run_dir)
+    intact = (run_dir / "checkpoint.pt").read_bytes()
+    for damaged in (b"garbage", b"", intact[: len(intact) // 2], b"\x80\x02]q\x00a."):  # the last: an unpickler IndexError
+        (run_dir / "checkpoint.pt").write_bytes(damaged)
+        with pytest.raises(ConfigError, match="not a readable checkpoint"):
+            run.load_policy(run_dir)
     (run_dir / "config.yaml").write_text("scenario: [unclosed")
     with pytest.raises(ConfigError, match="config.yaml: not valid YAML"):
         run.load_config(run_dir)
