@@ -13,9 +13,12 @@ compute default configs (trained here, or reused from ``--runs``), attacked on t
 * ``worst``: per eps, the attack with the lowest return.
 
 Damage is the return per agent lost against the unattacked policy. The script checks the attack
-issue's criteria and prints the Markdown table of the README; ``--out`` keeps the rows (JSON).
+issue's criteria and prints the Markdown table of the README; ``--out`` keeps the rows (JSON). With
+``--attacks`` only those rows are measured; ``--update`` then takes the others from the ``--out`` file
+(and recomputes ``worst``), so one attack can be re-measured without the hour the whole table takes.
 
-    python bench/attacks.py --jobs 2
+    python bench/attacks.py --jobs 2 --out results/attacks/all.json
+    python bench/attacks.py --jobs 2 --attacks learned --update --out results/attacks/all.json
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ import time
 VICTIMS = (("routing", "ppo"), ("routing", "aajr"), ("compute", "ppo"), ("compute", "aajr"))
 EPS = (0.1, 0.2)
 ATTACKS = ("gradient", "normalized", "restarts", "random_search", "rollout", "learned", "random")
+HEADERS = {"gradient": "gradient (K=10)", "normalized": "normalized (K=20)", "restarts": "+ 2 restarts",
+           "rollout": "rollout (H=5)"}
 
 
 def shock_config(attack: str, eps: float):
@@ -68,8 +73,8 @@ def trained_run(scenario: str, method: str, runs: pathlib.Path, size: str) -> pa
 
 
 def attack_victim(scenario_name: str, method: str, runs: str, size: str, episodes: int,
-                  learned_steps: int) -> list[dict]:
-    """Every (attack, eps) row of one victim."""
+                  learned_steps: int, attacks: tuple[str, ...] = ATTACKS) -> list[dict]:
+    """The (attack, eps) rows of one victim, without ``worst``."""
     import torch
 
     from agents.run import load_run
@@ -84,7 +89,7 @@ def attack_victim(scenario_name: str, method: str, runs: str, size: str, episode
     nominal = play(env, policy, None, EVAL_SEED)["return_per_agent"]
     rows = []
     for eps in EPS:
-        for attack in ATTACKS:
+        for attack in attacks:
             start = time.perf_counter()
             adversary = None
             if attack == "learned":
@@ -95,33 +100,63 @@ def attack_victim(scenario_name: str, method: str, runs: str, size: str, episode
                          "nominal": nominal, "return_per_agent": metrics["return_per_agent"],
                          "damage": nominal - metrics["return_per_agent"], "budget_use": metrics["budget_use"],
                          "seconds": time.perf_counter() - start})
-        worst = max((row for row in rows if row["eps"] == eps), key=lambda row: row["damage"])
-        rows.append({**worst, "attack": "worst", "worst_attack": worst["attack"], "seconds": 0.0})
     return rows
 
 
+def with_worst(rows: list[dict]) -> list[dict]:
+    """``rows`` (any ``worst`` rows dropped) plus, per (scenario, method, eps), the row of the attack with
+    the largest damage as attack ``worst``, ``worst_attack`` naming it."""
+    rows = [row for row in rows if row["attack"] != "worst"]
+    out = []
+    for cell in dict.fromkeys((row["scenario"], row["method"], row["eps"]) for row in rows):
+        cell_rows = [row for row in rows if (row["scenario"], row["method"], row["eps"]) == cell]
+        worst = max(cell_rows, key=lambda row: row["damage"])
+        out += [*cell_rows, {**worst, "attack": "worst", "worst_attack": worst["attack"], "seconds": 0.0}]
+    return out
+
+
+def merged(previous: list[dict], measured: list[dict]) -> list[dict]:
+    """``previous`` rows with those of the same (scenario, method, eps, attack) in ``measured`` replaced."""
+    key = lambda row: (row["scenario"], row["method"], row["eps"], row["attack"])  # noqa: E731
+    new = {key(row): row for row in measured}
+    kept = [new.pop(key(row), row) for row in previous if row["attack"] != "worst"]
+    return kept + list(new.values())
+
+
+CHECKS = (  # (criterion, the two attacks it compares, whether the row pair passes)
+    ("normalized PGD uses >= 0.9 of its budget", ("normalized", "normalized"),
+     lambda a, b: a["budget_use"] >= 0.9),
+    ("normalized PGD's damage >= the gradient rule's", ("normalized", "gradient"),
+     lambda a, b: a["damage"] >= b["damage"]),
+    ("normalized PGD with restarts (the evaluation default) uses >= 0.9 of its budget", ("restarts", "restarts"),
+     lambda a, b: a["budget_use"] >= 0.9),
+    ("normalized PGD with restarts: damage >= the gradient rule's", ("restarts", "gradient"),
+     lambda a, b: a["damage"] >= b["damage"]),
+    ("the learned attacker's damage > the random shock's", ("learned", "random"),
+     lambda a, b: a["damage"] > b["damage"]),
+    ("the learned attacker's damage >= normalized PGD's", ("learned", "normalized"),
+     lambda a, b: a["damage"] >= b["damage"]),
+)
+
+
 def checks(rows: list[dict]) -> list[str]:
-    """The attack issue's criteria, one line each, with the cells that fail."""
-    cells = {(row["scenario"], row["method"], row["eps"]) for row in rows}
+    """The attack issue's criteria, one line each, with the cells that fail (cells without both rows
+    are left out)."""
     at = {(row["scenario"], row["method"], row["eps"], row["attack"]): row for row in rows}
+    cells = sorted({(row["scenario"], row["method"], row["eps"]) for row in rows})
     lines = []
-    for name, ok in (
-            ("normalized PGD uses >= 0.9 of its budget",
-             lambda c: at[(*c, "normalized")]["budget_use"] >= 0.9),
-            ("normalized PGD's damage >= the gradient rule's",
-             lambda c: at[(*c, "normalized")]["damage"] >= at[(*c, "gradient")]["damage"]),
-            ("the learned attacker's damage > the random shock's",
-             lambda c: at[(*c, "learned")]["damage"] > at[(*c, "random")]["damage"]),
-            ("the learned attacker's damage >= normalized PGD's",
-             lambda c: at[(*c, "learned")]["damage"] >= at[(*c, "normalized")]["damage"])):
-        failing = sorted(f"{s}/{m}/eps={e:g}" for s, m, e in cells if not ok((s, m, e)))
-        lines.append(f"{'yes' if not failing else 'NO '} {name}" + (f" (not in: {', '.join(failing)})"
-                                                                      if failing else ""))
+    for name, (first, second), ok in CHECKS:
+        measured = [c for c in cells if (*c, first) in at and (*c, second) in at]
+        if not measured:
+            continue
+        failing = [f"{s}/{m}/eps={e:g}" for s, m, e in measured if not ok(at[(s, m, e, first)], at[(s, m, e, second)])]
+        lines.append(f"{'yes' if not failing else 'NO '} {name} in {len(measured) - len(failing)} of "
+                     f"{len(measured)} cells" + (f" (not in: {', '.join(failing)})" if failing else ""))
     return lines
 
 
 def markdown(rows: list[dict]) -> str:
-    header = ["scenario", "method", "eps", *ATTACKS, "worst"]
+    header = ["scenario", "method", "eps", *(HEADERS.get(attack, attack) for attack in ATTACKS), "worst"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for scenario, method in VICTIMS:
         for eps in EPS:
@@ -129,7 +164,8 @@ def markdown(rows: list[dict]) -> str:
                     == (scenario, method, eps)}
             if not cell:
                 continue
-            values = [f"{cell[a]['damage']:.3g} ({cell[a]['budget_use']:.2f})" for a in ATTACKS]
+            values = [f"{cell[a]['damage']:.3g} ({cell[a]['budget_use']:.2f})" if a in cell else "-"
+                      for a in ATTACKS]
             worst = cell["worst"]
             lines.append(f"| {scenario} | {method} | {eps:g} | " + " | ".join(values)
                          + f" | {worst['damage']:.3g} ({worst['worst_attack']}) |")
@@ -146,17 +182,29 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=1, help="victims at a time (one thread each)")
     parser.add_argument("--victims", nargs="+", default=[f"{s}-{m}" for s, m in VICTIMS],
                         choices=[f"{s}-{m}" for s, m in VICTIMS], help="a subset of the victims")
+    parser.add_argument("--attacks", nargs="+", default=list(ATTACKS), choices=ATTACKS,
+                        help="measure only these attacks")
+    parser.add_argument("--update", action="store_true",
+                        help="take the other attacks' rows from the --out file and write the merged rows there")
     parser.add_argument("--out", type=pathlib.Path, help="write the rows here (JSON)")
     args = parser.parse_args()
     if args.jobs < 1 or args.episodes < 1 or args.learned_steps < 1:
         parser.error("--jobs, --episodes and --learned-steps must be positive")
+    previous: list[dict] = []
+    if args.update:
+        if args.out is None or not args.out.is_file():
+            parser.error(f"--update needs an existing --out file, got {args.out}")
+        try:
+            previous = json.loads(args.out.read_text())
+        except json.JSONDecodeError as error:
+            parser.error(f"{args.out}: not a JSON file of rows ({error})")
     start = time.perf_counter()
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
         futures = [pool.submit(attack_victim, scenario, method, str(args.runs), args.size, args.episodes,
-                               args.learned_steps) for scenario, method in VICTIMS
+                               args.learned_steps, tuple(args.attacks)) for scenario, method in VICTIMS
                    if f"{scenario}-{method}" in args.victims]
-        rows = [row for future in futures for row in future.result()]
+        rows = with_worst(merged(previous, [row for future in futures for row in future.result()]))
     print(f"damage: return per agent lost against the unattacked policy (budget use ||delta|| / eps); {args.size} "
           f"configs, {args.episodes} episodes, l2, shared shock; {time.perf_counter() - start:.0f} s")
     print(markdown(rows))

@@ -12,7 +12,9 @@ reverse mode through it gives the parameter gradient.
 * ``aajr``: x_t = s + delta_t and u_t from the shared PGA on the ``system`` objective, per agent
   (agent i alone attacked, the others at their nominal actions);
 * ``jacobian``: x_t = s and u_t uniform on the unit sphere, K per state, so that
-  ``E ||J u||^2 = ||J||_F^2 / D`` (Hoffman et al. 2019): the same code with other directions.
+  ``E ||J u||^2 = ||J||_F^2 / D`` (Hoffman et al. 2019): the same code with other directions. With a
+  channel mask P (the shock channels, k of them: the run config's default) the sphere is that of the
+  masked subspace and ``E ||J u||^2 = ||J P||_F^2 / k``: the part of J an attacker can excite.
 """
 
 from __future__ import annotations
@@ -65,18 +67,23 @@ def aajr_penalty(policy, batch: Batch, scenario, eps: float, steps: int,
     return penalty_from_norms(norms, budget), diagnostics
 
 
-def random_unit_directions(shape: tuple[int, ...], generator: torch.Generator, device, dtype) -> torch.Tensor:
-    """Directions uniform on the unit sphere of the last dimension."""
+def random_unit_directions(shape: tuple[int, ...], generator: torch.Generator, device, dtype,
+                           mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Directions uniform on the unit sphere of the last dimension, or of its coordinates where the
+    boolean ``mask`` ``(D,)`` is set (zero elsewhere)."""
     directions = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+    if mask is not None:
+        directions = directions * mask.to(device=device, dtype=dtype)
     return directions / directions.norm(dim=-1, keepdim=True)
 
 
 def global_jacobian_penalty(policy, batch: Batch, directions: int, generator: torch.Generator,
-                            budget: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                            budget: float | None = None,
+                            mask: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Frobenius-norm estimator: ``||J_i(s) u||^2`` at the states along ``directions`` (K) random unit
-    directions each."""
+    directions each, on the sphere of the channels ``mask`` ``(D,)`` (all features when None)."""
     obs = batch.obs
-    units = random_unit_directions((directions, *obs.shape), generator, obs.device, obs.dtype)
+    units = random_unit_directions((directions, *obs.shape), generator, obs.device, obs.dtype, mask)
     norms = jvp_norms(policy.deterministic_action, obs.unsqueeze(0).expand(directions, *obs.shape), units)
     detached = norms.detach()
     diagnostics = {"reg/jvp_norm_mean": float(detached.mean()), "reg/jvp_norm_max": float(detached.max())}

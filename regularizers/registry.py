@@ -112,14 +112,21 @@ def _aajr(scenario, s: PGASettings) -> Penalty:
                                                          budget=s.budget, rule=s.rule)
 
 
+def channel_mask(scenario, channels: str) -> torch.Tensor | None:
+    """The boolean ``(D,)`` mask of a global penalty's ``channels``: the shock channels, or None (all)."""
+    return scenario.shock_mask.to(torch.bool) if channels == "shock" else None
+
+
 def _jacobian(scenario, s: JacobianSettings) -> Penalty:
+    mask = channel_mask(scenario, s.channels)
     return lambda policy, batch, generator: global_jacobian_penalty(policy, batch, s.directions, generator,
-                                                                    s.budget)
+                                                                    s.budget, mask)
 
 
 def _spectral(scenario, s: SpectralSettings) -> Penalty:
+    mask = channel_mask(scenario, s.channels)
     return lambda policy, batch, generator: spectral_penalty(policy, batch, s.power_iterations, generator,
-                                                             s.budget)
+                                                             s.budget, mask)
 
 
 def _smooth(scenario, s: PGASettings) -> Penalty:
@@ -144,9 +151,11 @@ for _method in (
     Method("ppo", "plain PPO"),
     Method("aajr", "AAJR: ||J_i u_t||^2 along the per-agent PGA trajectory of the system loss (eq. 20)",
            penalty=_aajr, settings=PGASettings, diagnostic="reg/jvp_norm_mean"),
-    Method("jacobian", "global Jacobian: ||J_i u||^2 along random unit directions (Frobenius estimator)",
+    Method("jacobian", "global Jacobian: ||J_i u||^2 along random unit directions of the shock channels "
+                       "(Frobenius estimator)",
            penalty=_jacobian, settings=JacobianSettings, diagnostic="reg/jvp_norm_mean"),
-    Method("spectral", "global spectral norm: ||J_i v_i||^2 along the power-iteration top direction",
+    Method("spectral", "global spectral norm: ||J_i v_i||^2 along the power-iteration top direction of the "
+                       "shock channels",
            penalty=_spectral, settings=SpectralSettings, diagnostic="reg/spectral_norm_mean"),
     Method("specnorm", "spectral normalisation of the actor's layers (architectural Lipschitz bound)",
            settings=SpecNormSettings, diagnostic="reg/layer_spectral_norm_max", transform_policy=_spectral_norm,

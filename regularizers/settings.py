@@ -11,6 +11,9 @@ from envs.core import check_choice, check_positive_int, check_real
 from envs.shocks import NORMS, RULES
 
 
+CHANNELS = ("shock", "all")  # the input features a global penalty acts on
+
+
 def _check_budget(budget: float | None) -> None:
     if budget is not None:
         check_real("budget", budget, 0.0)
@@ -48,14 +51,18 @@ class JacobianSettings:
 
     :param directions: K, random unit directions per state.
     :param budget: hinge budget gamma (None: the squared form).
+    :param channels: ``shock``: the Jacobian restricted to the scenario's shock channels, the features an
+        attacker moves (``J P``, the default: the same footing as AAJR); ``all``: every feature.
     """
 
     directions: int = 3
     budget: float | None = None
+    channels: str = "shock"
 
     def __post_init__(self) -> None:
         check_positive_int("directions", self.directions)
         _check_budget(self.budget)
+        check_choice("channels", self.channels, CHANNELS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,14 +71,17 @@ class SpectralSettings:
 
     :param power_iterations: power iterations (JVP + VJP each) per minibatch.
     :param budget: hinge budget gamma (None: the squared form).
+    :param channels: ``shock`` (the default: ``||J P||_2``, the shock channels only) or ``all`` (``||J||_2``).
     """
 
     power_iterations: int = 5
     budget: float | None = None
+    channels: str = "shock"
 
     def __post_init__(self) -> None:
         check_positive_int("power_iterations", self.power_iterations)
         _check_budget(self.budget)
+        check_choice("channels", self.channels, CHANNELS)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -47,14 +47,16 @@ from matplotlib.figure import Figure
 
 from regularizers import METHODS
 from robustness import MissingResultsError, ReportError
+from robustness.diagnostics import GAMMAS
 from robustness.stats import BOOTSTRAP_SEED, CONFIDENCE, REPS, Estimate, aggregate, describe, differences_to_baseline
 
 CELL = ("scenario", "method", "reg_coef", "seed")
 EVAL_KEYS = (*CELL, "attack", "mode", "eps")
 EVAL_VALUES = ("return_per_agent", "system_loss", "ratio_to_reference", "ratio_higher_is_better", "budget_use",
                "worst_attack")
-DIAGNOSTICS = ("jvp_norm_mean", "jvp_norm_max", "global_norm_mean", "budget", "frac_directional_only",
-               "curvature_mean", "curvature_max", "nonmonotone_rate", "eval_states")
+DIAGNOSTICS = ("jvp_norm_mean", "global_norm_mean", "global_norm_all_mean",
+               *(f"frac_directional_only@{gamma:g}" for gamma in GAMMAS), "direction_participation_ratio",
+               "curvature_min", "curvature_max", "l_eff_median", "nonmonotone_rate", "eval_states")
 TEXT_COLUMNS = ("scenario", "method", "attack", "mode", "worst_attack")
 HEADLINE_ATTACK = "worst"
 INTEGER_COLUMNS = ("seed", "ratio_higher_is_better", "eval_states")
@@ -316,10 +318,12 @@ def diagnostics_tables(diags: list[dict[str, Any]], labels: Labels, reps: int) -
     """Markdown and CSV rows of IQM [CI] of every diagnostic per scenario x method (x reg_coef)."""
     estimates = {q: aggregate(diags, q, DIAGNOSTIC_KEYS, reps) for q in DIAGNOSTICS}
     csv_rows = [row for q, e in estimates.items() for row in estimate_rows(e, DIAGNOSTIC_KEYS, q)]
-    markdown = [("||J u||: directional amplification along PGA trajectories; ||J||_2: global norm by power "
-                "iteration at the same states; budget: gamma; frac_directional_only: states with "
-                "max_t ||J u_t|| <= gamma < ||J||_2; curvature: v_t^T Hess g v_t along PGA steps; "
-                "nonmonotone_rate: PGA steps that decreased g.\n\n")]
+    markdown = [("jvp_norm: directional amplification ||J u_t|| along PGA trajectories; global_norm: ||J P||_2 "
+                "over the shock channels, global_norm_all: ||J||_2 over all features (power iteration, same "
+                "states); frac_directional_only@γ: (state, agent) pairs with max_t ||J u_t|| <= γ < ||J P||_2; "
+                "direction_participation_ratio: effective dimension of the pooled u_t; curvature: "
+                "v^T Hess g v sampled along the PGA segments; l_eff: largest |curvature| along a state's "
+                "trajectory; nonmonotone_rate: PGA steps that decreased g (robustness/diagnostics.py).\n\n")]
     for scenario in unique(row["scenario"] for row in diags):
         body = [[labels(scenario, *cell)] + [fmt(estimates[q].get((scenario, *cell))) for q in DIAGNOSTICS]
                 for cell in labels.cells[scenario]]

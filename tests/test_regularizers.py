@@ -14,7 +14,7 @@ from regularizers.jacobian import aajr_penalty, aajr_trajectory, global_jacobian
 from regularizers.jvp import jvp_norms, penalty_from_norms
 from regularizers.smoothness import smoothness_penalty
 from regularizers.specnorm import apply_spectral_norm, layer_spectral_norms
-from regularizers.spectral import spectral_penalty
+from regularizers.spectral import spectral_penalty, top_singular_directions
 
 
 def tiny_setup(seed=0, hidden=(8,)):
@@ -222,6 +222,36 @@ def test_spectral_penalty_converges_to_the_largest_singular_value():
                        torch.autograd.grad(reference, params), rtol=1e-5, atol=1e-9)
     hinge, _ = spectral_penalty(policy, batch, iterations=100, generator=torch.Generator().manual_seed(0), budget=1e6)
     assert hinge.item() == 0.0
+
+
+def test_masked_spectral_penalty_equals_the_largest_singular_value_of_the_masked_jacrev_jacobian():
+    scenario, state, policy, batch = tiny_setup(4)
+    obs, mask = batch.obs, scenario.shock_mask.to(torch.bool)
+    assert 0 < int(mask.sum()) < obs.shape[-1]
+    penalty, diagnostics = spectral_penalty(policy, batch, iterations=200, generator=torch.Generator().manual_seed(0),
+                                            mask=mask)
+    masked = [torch.linalg.matrix_norm(agent_jacobian(policy, obs[m], i)[:, mask], 2)
+              for m in range(obs.shape[0]) for i in range(obs.shape[1])]
+    unmasked = [torch.linalg.matrix_norm(agent_jacobian(policy, obs[m], i), 2)
+                for m in range(obs.shape[0]) for i in range(obs.shape[1])]
+    torch.testing.assert_close(penalty, torch.stack(masked).pow(2).mean(), rtol=1e-6, atol=1e-12)
+    assert diagnostics["reg/spectral_norm_max"] == pytest.approx(float(torch.stack(masked).detach().max()), rel=1e-6)
+    assert float(torch.stack(masked).detach().max()) < 0.99 * float(torch.stack(unmasked).detach().max())
+    directions = top_singular_directions(policy.deterministic_action, obs, 5, torch.Generator().manual_seed(0), mask)
+    assert (directions[..., ~mask] == 0).all()  # the attacker cannot move the other features
+
+
+def test_masked_jacobian_penalty_is_unbiased_for_the_masked_frobenius_norm():
+    scenario, state, policy, batch = tiny_setup(2)
+    obs, mask = batch.obs[:1], scenario.shock_mask.to(torch.bool)
+    penalty, _ = global_jacobian_penalty(policy, Batch(obs, None, {}), directions=20000,
+                                         generator=torch.Generator().manual_seed(0), mask=mask)
+    frobenius = sum(agent_jacobian(policy, obs[0], i)[:, mask].pow(2).sum() / int(mask.sum()) for i in range(2))
+    assert penalty.item() == pytest.approx(frobenius.item() / 2, rel=0.03)
+    registered = make_regularizer("jacobian", scenario)  # the run config's default acts on the shock channels
+    masked, _ = registered(policy, batch, torch.Generator().manual_seed(3))
+    reference, _ = global_jacobian_penalty(policy, batch, 3, torch.Generator().manual_seed(3), mask=mask)
+    torch.testing.assert_close(masked, reference)
 
 
 # ----- smoothness (SA-PPO) ------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from rliable import metrics
 from scipy.stats import trim_mean
 
 from robustness import report, stats
+from robustness.diagnostics import GAMMAS
 from robustness.evaluate import worst_rows
 
 REPS = 200
@@ -73,8 +74,10 @@ def eval_rows():
 def diag_rows():
     return [{"scenario": scenario, "method": method, "reg_coef": coef, "seed": seed,
              "jvp_norm_mean": 0.5 + seed, "jvp_norm_max": 1.0 + seed, "global_norm_mean": 2.0 + seed,
-             "global_norm_max": 3.0 + seed, "budget": 1.5, "frac_directional_only": 0.25 * seed,
-             "curvature_mean": -0.1 * seed, "curvature_max": 0.2, "nonmonotone_rate": 0.05, "eval_states": 256}
+             "global_norm_max": 3.0 + seed, "global_norm_all_mean": 4.0 + seed,
+             **{f"frac_directional_only@{gamma:g}": 0.1 * seed for gamma in GAMMAS},
+             "direction_participation_ratio": 3.0, "curvature_min": -0.1 * seed, "curvature_max": 0.2,
+             "l_eff_median": 0.3, "nonmonotone_rate": 0.05, "eval_states": 256}
             for scenario in SCENARIOS for method, coef in CELLS for seed in SEEDS]
 
 
@@ -289,7 +292,7 @@ def test_report_is_reproducible(tmp_path):
     assert (results / "report" / "robustness.csv").read_text() == first
 
 
-@pytest.mark.parametrize("name, column", [("evaluations.csv", "return_per_agent"), ("diagnostics.csv", "budget")])
+@pytest.mark.parametrize("name, column", [("evaluations.csv", "return_per_agent"), ("diagnostics.csv", "l_eff_median")])
 def test_missing_column_is_named(tmp_path, name, column):
     results = make_results(tmp_path)
     frame = pd.read_csv(results / name).drop(columns=column)
