@@ -15,7 +15,14 @@ import sys
 import torch
 import yaml
 
-from envs.core import SCENARIOS, make_generator, make_scenario
+from envs.core import (
+    SCENARIOS,
+    check_positive_int,
+    check_seed,
+    derived_seed,
+    make_generator,
+    make_scenario,
+)
 from envs.vector import evaluate_policy
 
 
@@ -46,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.preset not in presets:
             raise ValueError(f"unknown preset {args.preset!r}; allowed: {', '.join(presets)}")
         kwargs = {**presets[args.preset], **parse_assignments(args.set)}
+        check_positive_int("--num-envs", args.num_envs)
+        check_seed("--seed", args.seed)
         scenario = make_scenario(args.scenario, device=args.device, **kwargs)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -64,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         noise = torch.rand(shape, generator=policy_generator, device=scenario.device, dtype=scenario.dtype)
         return scenario.action_low + (scenario.action_high - scenario.action_low) * noise
 
-    policy_generator = make_generator(args.seed + 1, scenario.device)
+    policy_generator = make_generator(derived_seed(args.seed, 1), scenario.device)
     policies = {name: (lambda state, name=name: scenario.reference_action(state, name))
                 for name in scenario.reference_names}
     policies["random"] = uniform

@@ -186,7 +186,9 @@ class Commons(Scenario):
         self.n_resources = m
         self.obs_dim = 4 * m + 1
         self.action_dim = m
-        spread = torch.linspace(0.75, 1.25, m) if m > 1 else torch.ones(1)
+        # built in float64 and cast once, so that a float64 scenario has the exact rates
+        spread = (torch.linspace(0.75, 1.25, m, dtype=torch.float64) if m > 1
+                  else torch.ones(1, dtype=torch.float64))
         self.growth_rates = self.tensor(config.growth_rate * spread)
         self.feature_names = tuple(
             [f"stock_{j}" for j in range(m)] + [f"price_{j}" for j in range(m)]

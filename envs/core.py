@@ -32,6 +32,9 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
+import reprlib
+import warnings
+from collections.abc import Mapping
 from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
@@ -54,15 +57,49 @@ class StepResult(NamedTuple):
 
 
 # --------------------------------------------------------------------------------------------
-# Validation helpers: every bad value raises ValueError naming the value and what is allowed.
+# Validation helpers: every bad value raises a one-line ValueError naming the value and what is
+# allowed (unknown keyword arguments at the Gymnasium entry points raise TypeError, Gymnasium's
+# convention).
 # --------------------------------------------------------------------------------------------
+
+INT64_LIMIT = 2 ** 63  # seeds, counts and step numbers are stored as int64
+
+
+def short_repr(value: Any) -> str:
+    """A repr of ``value`` bounded in length (an error message stays one short line)."""
+    return reprlib.repr(value)
 
 
 def check_positive_int(name: str, value: Any) -> int:
-    """Return ``value`` if it is an int >= 1, else raise a ValueError that names it."""
+    """Return ``value`` if it is an int in [1, 2**63), else raise a ValueError that names it."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        raise ValueError(f"{name} must be a positive integer, got {short_repr(value)}")
+    if value >= INT64_LIMIT:
+        raise ValueError(f"{name} must be a positive integer below 2**63, got {value!r}")
     return int(value)
+
+
+def check_seed(name: str, value: Any) -> int | None:
+    """Return ``value`` if it is None or an integer in [0, 2**63) (a plain or numpy int, not a bool),
+    else raise a ValueError that names it."""
+    if value is None:
+        return None
+    if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+            or not 0 <= int(value) < INT64_LIMIT):
+        raise ValueError(f"{name} must be None or an integer in [0, 2**63), got {short_repr(value)}")
+    return int(value)
+
+
+def derived_seed(seed: int, offset: int) -> int:
+    """``seed + offset`` wrapped into [0, 2**63): the seed of a second stream derived from ``seed``."""
+    return (seed + offset) % INT64_LIMIT
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """Return ``value`` if it is a bool (or a numpy bool), else raise a ValueError that names it."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {short_repr(value)}")
+    return bool(value)
 
 
 def check_real(name: str, value: Any, low: float = -math.inf, high: float = math.inf,
@@ -81,9 +118,85 @@ def check_real(name: str, value: Any, low: float = -math.inf, high: float = math
 
 def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
     """Return ``value`` if it is one of ``allowed``, else raise a ValueError listing them."""
-    if value not in allowed:
-        raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(map(repr, allowed))}")
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"unknown {name} {short_repr(value)}; allowed: {', '.join(map(repr, allowed))}")
     return value
+
+
+def check_device(value: Any) -> torch.device:
+    """``value`` (a ``torch.device`` or a string such as ``"cpu"``, ``"cuda:0"``) as a device this
+    machine has, else a ValueError that names it."""
+    try:
+        device = torch.device(value)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda', got {short_repr(value)}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} is not available here (torch.cuda.is_available() is False); "
+                         f"use 'cpu'")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {str(device)!r} is not available here (torch.backends.mps.is_available() is "
+                         f"False); use 'cpu'")
+    return device
+
+
+def check_options(options: Any, allowed: tuple[str, ...] = (), warn_unknown: bool = False) -> dict[str, Any]:
+    """``reset``'s ``options`` as a dict: None or a dict whose keys are in ``allowed``.
+
+    Anything else raises a ValueError that names it; with ``warn_unknown`` unknown keys give a
+    ``UserWarning`` instead (PettingZoo's own API test passes ``options={"options": 1}``).
+    """
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise ValueError(f"options must be None or a dict, got {short_repr(options)}")
+    unknown = sorted(repr(key) for key in options if key not in allowed)
+    if unknown:
+        message = (f"unknown reset option(s) {', '.join(unknown)}; allowed: "
+                   f"{', '.join(map(repr, allowed)) if allowed else 'none (pass None or {})'}")
+        if not warn_unknown:
+            raise ValueError(message)
+        warnings.warn(message + "; they are ignored", UserWarning, stacklevel=3)
+    return dict(options)
+
+
+def check_keywords(owner: str, kwargs: dict[str, Any], allowed: tuple[str, ...]) -> None:
+    """Raise a TypeError naming the keyword arguments of ``kwargs`` that are not in ``allowed`` and
+    listing the allowed ones, worded as Python words it (``got an unexpected keyword argument 'x'``,
+    which Gymnasium's clients such as TorchRL's ``GymEnv`` look for)."""
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        what = (f"an unexpected keyword argument {unknown[0]!r}" if len(unknown) == 1
+                else f"unexpected keyword arguments {', '.join(map(repr, unknown))}")
+        raise TypeError(f"{owner} got {what}; allowed: {', '.join(allowed)}")
+
+
+def as_real_tensor(name: str, values: Any, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``values`` (a tensor, an array or nested sequences of real numbers) as a tensor on ``device``.
+
+    Floating values keep their dtype (no cast that could turn a finite 1e300 into inf before it is
+    checked); integers become float64; booleans, complex numbers, strings and ragged or non-numeric
+    sequences raise a ValueError that names ``name``.
+    """
+    if torch.is_tensor(values):
+        if values.dtype == torch.bool or values.is_complex():
+            raise ValueError(f"{name} must be real numbers, got a tensor of {values.dtype}")
+        return values.to(device) if values.is_floating_point() else values.to(device, torch.float64)
+    try:
+        array = np.asarray(values)
+        if array.dtype.kind == "O":
+            if any(item is None for item in array.flat):  # numpy would read None as NaN
+                raise TypeError("None is not a number")
+            array = array.astype(np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be an array of real numbers, got {short_repr(values)}") from None
+    if array.dtype.kind not in "iuf":
+        raise ValueError(f"{name} must be real numbers, got {short_repr(values)} (dtype {array.dtype})")
+    if array.dtype.kind in "iu":
+        array = array.astype(np.float64)
+    elif array.dtype.itemsize > 8:  # long double: clip finite values to the float64 range first
+        limit = np.finfo(np.float64).max
+        array = np.where(np.isfinite(array), np.clip(array, -limit, limit), array).astype(np.float64)
+    return torch.as_tensor(array, device=device)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +216,11 @@ class ScenarioConfig:
     social_weight: float = 0.5
 
     def __post_init__(self) -> None:
+        real_fields = [f.name for f in dataclasses.fields(self) if str(f.type).startswith("float")]
+        for name in real_fields:  # an int given for a real argument (2**70) is used as a float in torch
+            value = getattr(self, name)
+            if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+                object.__setattr__(self, name, float(value))
         check_positive_int("n_agents", self.n_agents)
         check_positive_int("horizon", self.horizon)
         check_choice("reward_mode", self.reward_mode, REWARD_MODES)
@@ -113,9 +231,14 @@ class ScenarioConfig:
         return {"selfish": 0.0, "social": 1.0, "mixed": self.social_weight}[self.reward_mode]
 
 
+def config_fields(config_cls: type) -> tuple[str, ...]:
+    """The field names of the config dataclass ``config_cls``, in order."""
+    return tuple(f.name for f in dataclasses.fields(config_cls))
+
+
 def config_from_kwargs(config_cls: type, kwargs: dict[str, Any]) -> Any:
     """Build ``config_cls(**kwargs)``, refusing unknown keys with a message that lists the allowed ones."""
-    allowed = [f.name for f in dataclasses.fields(config_cls)]
+    allowed = config_fields(config_cls)
     unknown = sorted(set(kwargs) - set(allowed))
     if unknown:
         raise ValueError(
@@ -126,12 +249,14 @@ def config_from_kwargs(config_cls: type, kwargs: dict[str, Any]) -> Any:
 
 
 def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
-    """A torch generator on ``device`` seeded with ``seed`` (a fresh random seed if None)."""
+    """A torch generator on ``device`` seeded with ``seed`` (an integer in [0, 2**63); a fresh random
+    seed if None)."""
+    seed = check_seed("seed", seed)
     generator = torch.Generator(device=torch.device(device))
     if seed is None:
         generator.seed()
     else:
-        generator.manual_seed(int(seed))
+        generator.manual_seed(seed)
     return generator
 
 
@@ -170,9 +295,9 @@ class Scenario(abc.ABC):
         if not isinstance(config, self.config_cls):
             raise TypeError(f"{type(self).__name__} needs a {self.config_cls.__name__}, got {type(config).__name__}")
         if dtype not in (torch.float32, torch.float64):
-            raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+            raise ValueError(f"dtype must be torch.float32 or torch.float64, got {short_repr(dtype)}")
         self.config = config
-        self.device = torch.device(device)
+        self.device = check_device(device)
         self.dtype = dtype
         self.n_agents = config.n_agents
         self.horizon = config.horizon
@@ -215,23 +340,30 @@ class Scenario(abc.ABC):
     # ----- shared machinery ------------------------------------------------------------------
 
     def check_actions(self, actions: Any, batch_size: int | None = None) -> torch.Tensor:
-        """Validate a joint action ``(B, N, A)`` and clip it to the action box.
+        """Validate a joint action ``(B, N, A)`` and clip it to the action box; returns it in this
+        scenario's dtype and device.
 
-        Raises ValueError on a wrong shape or on NaN/inf entries; finite out-of-box entries are
-        clipped (the documented rule, the same in every adapter).
+        Raises ValueError on a wrong shape, on non-numbers or on NaN/inf entries; finite out-of-box
+        entries (even 1e300) are clipped (the documented rule, the same in every adapter). Finiteness
+        is checked and the clip applied in the dtype the actions come in, before the cast.
         """
-        actions = torch.as_tensor(actions, dtype=self.dtype, device=self.device)
+        if not (torch.is_tensor(actions) and actions.dtype == self.dtype):
+            actions = as_real_tensor(f"{self.name}: actions", actions, self.device)
         expected = (batch_size if batch_size is not None else "B", self.n_agents, self.action_dim)
         if actions.dim() != 3 or actions.shape[1:] != expected[1:] or (
                 batch_size is not None and actions.shape[0] != batch_size):
             raise ValueError(
                 f"{self.name}: actions must have shape {expected} (batch, agents, action_dim), "
                 f"got {tuple(actions.shape)}")
-        if not torch.isfinite(actions).all():
-            raise ValueError(f"{self.name}: actions contain NaN or inf; actions must be finite "
-                             f"(values outside [{self.action_low.min().item()}, "
+        actions = actions.to(self.device)
+        bad = ~torch.isfinite(actions)
+        if bad.any():
+            index = tuple(int(i) for i in bad.nonzero()[0])
+            raise ValueError(f"{self.name}: actions contain NaN or inf ({actions[index].item()} at index {index}); "
+                             f"actions must be finite (finite values outside [{self.action_low.min().item()}, "
                              f"{self.action_high.max().item()}] are clipped)")
-        return torch.maximum(torch.minimum(actions, self.action_high), self.action_low)
+        low, high = self.action_low.to(actions.dtype), self.action_high.to(actions.dtype)
+        return torch.maximum(torch.minimum(actions, high), low).to(self.dtype)
 
     def rewards(self, state: State, actions: torch.Tensor, system_loss: torch.Tensor | None = None) -> torch.Tensor:
         """Per-agent rewards ``(B, N)``: ``(1 - w) * payoff_i + w * (-system_loss / N)``."""

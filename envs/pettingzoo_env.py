@@ -5,11 +5,14 @@ Agents are named ``agent_0`` ... ``agent_{N-1}``; every agent acts at every step
 truncation after ``max_cycles`` steps (the scenario's horizon by default), when ``agents`` is emptied.
 ``infos[agent]`` holds the step's ``system_loss`` and the scenario's diagnostics.
 Actions follow the scenario rule: NaN/inf or a wrong shape is an error, finite values outside the
-action box are clipped.
+action box are clipped. ``reset(seed=...)`` takes None or an integer in [0, 2**63); the environments
+have no reset options (unknown keys give a ``UserWarning``, not an error, because PettingZoo's own API
+test passes ``options={"options": 1}``; options that are not a dict are an error).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -18,14 +21,16 @@ from gymnasium import spaces
 from pettingzoo import AECEnv, ParallelEnv
 from pettingzoo.utils.conversions import parallel_to_aec
 
+from envs.core import as_real_tensor, check_options, check_positive_int, short_repr
 from envs.vector import TorchVectorEnv, VectorStep
 
 RENDER_MODES = ("human", "ansi")
 
 
 def check_render_mode(render_mode: str | None) -> None:
-    if render_mode is not None and render_mode not in RENDER_MODES:
-        raise ValueError(f"unknown render_mode {render_mode!r}; allowed: None, {', '.join(map(repr, RENDER_MODES))}")
+    if render_mode is not None and (not isinstance(render_mode, str) or render_mode not in RENDER_MODES):
+        raise ValueError(f"unknown render_mode {short_repr(render_mode)}; allowed: None, "
+                         f"{', '.join(map(repr, RENDER_MODES))}")
 
 
 def render_text(render_mode: str | None, vec: TorchVectorEnv, last: VectorStep | None) -> str | None:
@@ -52,7 +57,7 @@ class ScenarioParallelEnv(ParallelEnv):
                  **scenario_kwargs: Any) -> None:
         check_render_mode(render_mode)
         if max_cycles is not None:
-            scenario_kwargs["horizon"] = max_cycles
+            scenario_kwargs["horizon"] = check_positive_int("max_cycles", max_cycles)
         self._vec = TorchVectorEnv(scenario, num_envs=1, auto_reset=False, **scenario_kwargs)
         self.scenario = self._vec.scenario
         self.render_mode = render_mode
@@ -73,7 +78,7 @@ class ScenarioParallelEnv(ParallelEnv):
 
     @max_cycles.setter
     def max_cycles(self, value: int) -> None:
-        self._vec.max_steps = value
+        self._vec.max_steps = check_positive_int("max_cycles", value)
 
     def observation_space(self, agent: str):
         return self.observation_spaces[agent]
@@ -86,6 +91,7 @@ class ScenarioParallelEnv(ParallelEnv):
         return {agent: obs_np[i] for i, agent in enumerate(self.possible_agents)}
 
     def reset(self, seed: int | None = None, options: dict | None = None):
+        check_options(options, warn_unknown=True)
         obs = self._vec.reset(seed=seed)
         self.agents = list(self.possible_agents)
         self._last = None
@@ -94,17 +100,22 @@ class ScenarioParallelEnv(ParallelEnv):
     def step(self, actions: dict[str, Any]):
         if not self.agents:
             raise RuntimeError("step() called on a finished episode; call reset() first")
+        if not isinstance(actions, Mapping):
+            raise ValueError(f"actions must be a dict {{agent: action}} with one entry per live agent "
+                             f"{self.agents}, got {type(actions).__name__} {short_repr(actions)}")
         missing = [agent for agent in self.agents if agent not in actions]
         unknown = [agent for agent in actions if agent not in self.agents]
         if missing or unknown:
             raise ValueError(f"actions must have exactly one entry per live agent {self.agents}; "
                              f"missing {missing}, unknown {unknown}")
         shape = self.action_spaces[self.agents[0]].shape
+        joint = []
         for agent in self.agents:
-            if np.shape(actions[agent]) != shape:
-                raise ValueError(f"action of {agent} must have shape {shape}, got {np.shape(actions[agent])}")
-        joint = np.stack([np.asarray(actions[agent], dtype=np.float64) for agent in self.agents])
-        result = self._vec.step(joint[None])
+            action = as_real_tensor(f"action of {agent}", actions[agent])
+            if tuple(action.shape) != shape:
+                raise ValueError(f"action of {agent} must have shape {shape}, got {tuple(action.shape)}")
+            joint.append(action.to(torch.float64))  # lossless for every float dtype: the scenario checks and clips
+        result = self._vec.step(torch.stack(joint)[None])
         self._last = result
         done = bool(result.truncated[0])
         info = {"system_loss": float(result.system_loss[0])}

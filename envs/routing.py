@@ -86,8 +86,14 @@ Values are clipped to these ranges.
 **References.** ``user_equilibrium`` (Wardrop: every used path has the least latency; it minimises
 the Beckmann potential ``sum_e int_0^{x_e} l_e``) and ``system_optimum`` (minimum total travel time:
 the equilibrium for the marginal-cost latencies ``l + x l' = a + (p + 1) b (x / (c f))^p``), both for
-the state's total demand and capacity factors, by the batched pairwise Frank-Wolfe algorithm
-``frank_wolfe`` (``frank_wolfe_iters`` iterations). ``reference_action(state, name)`` gives every
+the state's total demand and capacity factors, computed in float64 to a stated accuracy: the
+**relative gap** ``(sum_p h_p C_p - D min_p C_p) / sum_p h_p C_p`` (``C_p``: path latencies, or marginal
+costs for the optimum; 0 exactly at the equilibrium) at most ``wardrop_gap_tol`` (``relative_gap``).
+``equilibrium_flows`` solves parallel links whose latencies all grow with the flow exactly, by bisection
+on the common latency of the used links (``parallel_links_equilibrium``), and every other network by
+the batched pairwise Frank-Wolfe algorithm ``frank_wolfe``, iterated until the gap is reached, with a
+``RuntimeWarning`` naming the gap left if ``frank_wolfe_max_iters`` iterations do not reach it.
+``reference_action(state, name)`` gives every
 agent the aggregate path shares of the reference (any such profile has the same flows, hence the
 same total travel time). The Wardrop equilibrium is that of infinitesimal drivers; N operators who each
 route a finite demand selfishly (``reward_mode="selfish"``) internalise their own congestion, and their
@@ -131,16 +137,21 @@ largest edge flow for the textbook networks, whose capacities are 1), ``total_de
 | ``capacity_drop_factor`` | 0.5 | capacity multiplier during a drop, in (0, 1] |
 | ``bpr_alpha`` | 0.15 | alpha of the BPR latency |
 | ``bpr_beta`` | 4.0 | beta of the BPR latency (>= 1) |
-| ``frank_wolfe_iters`` | 100 | iterations of Frank-Wolfe for the references (about one per path it empties) |
+| ``wardrop_gap_tol`` | 1e-6 | relative gap to which the references are solved (``references()``: at most 1e-10) |
+| ``frank_wolfe_max_iters`` | 1000 | most Frank-Wolfe iterations (about one per path it empties); a warning if the gap is not reached |
 
 **Version history**
 
 * v0: first release.
+* v0 (unchanged dynamics): the references are solved to a relative gap (``wardrop_gap_tol``) instead of
+  a fixed 100 Frank-Wolfe iterations (``frank_wolfe_iters``, removed), which left the large preset's
+  user equilibrium at a 2.1% gap.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any, ClassVar, NamedTuple
 
 import torch
@@ -159,7 +170,9 @@ LAYOUTS = ("parallel", "pigou", "braess", "braess_no_link")
 LATENCIES = ("bpr", "affine")
 OBJECTIVES = ("user_equilibrium", "system_optimum")
 SPLIT_EPSILON = 1e-6  # the constant of the simplex mapping (2)
-BISECTION_STEPS = 30  # exact line search of Frank-Wolfe to 2^-30 of the step
+BISECTION_STEPS = 50  # exact line search of Frank-Wolfe to 2^-50 of the step (float64 resolution)
+LEVEL_BISECTION_STEPS = 200  # most halvings of the latency bracket of parallel links (stops at float64 resolution)
+REFERENCES_GAP_TOL = 1e-10  # relative gap of the closed-form numbers of ``references()``
 MAX_RELATIVE_DEMAND = 10.0  # observed demands are clipped to this multiple of nominal
 MAX_RELATIVE_LATENCY = 10.0  # observed latencies are clipped to this multiple of the time scale
 
@@ -194,7 +207,8 @@ class RoutingConfig(ScenarioConfig):
     capacity_drop_factor: float = 0.5
     bpr_alpha: float = 0.15
     bpr_beta: float = 4.0
-    frank_wolfe_iters: int = 100
+    wardrop_gap_tol: float = 1e-6
+    frank_wolfe_max_iters: int = 1000
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -220,7 +234,8 @@ class RoutingConfig(ScenarioConfig):
         check_real("capacity_drop_factor", self.capacity_drop_factor, 0.0, 1.0, low_open=True)
         check_real("bpr_alpha", self.bpr_alpha, 0.0)
         check_real("bpr_beta", self.bpr_beta, 1.0)
-        check_positive_int("frank_wolfe_iters", self.frank_wolfe_iters)
+        check_real("wardrop_gap_tol", self.wardrop_gap_tol, 0.0, 1.0, low_open=True)
+        check_positive_int("frank_wolfe_max_iters", self.frank_wolfe_max_iters)
 
     @property
     def demand_per_agent(self) -> float:
@@ -311,10 +326,34 @@ def actions_for_split(split: torch.Tensor) -> torch.Tensor:
     return ((1.0 + SPLIT_EPSILON) * split / split.amax(-1, keepdim=True) - SPLIT_EPSILON).clamp(0.0, 1.0)
 
 
+def path_costs(network: Network, path_flow: torch.Tensor, capacity_factor: torch.Tensor,
+               objective: str) -> torch.Tensor:
+    """Path costs ``C_p`` ``(B, P)`` of path flows ``(B, P)``: latencies (``user_equilibrium``) or marginal
+    costs ``l + x l'`` summed over the path's edges (``system_optimum``)."""
+    cost_network = network if objective == "user_equilibrium" else marginal_cost_network(network)
+    return edge_latency(cost_network, path_flow @ network.incidence, capacity_factor) @ network.incidence.T
+
+
+def relative_gap(network: Network, path_flow: torch.Tensor, capacity_factor: torch.Tensor,
+                 objective: str = "user_equilibrium") -> torch.Tensor:
+    """Relative gap ``(sum_p h_p C_p - D min_p C_p) / sum_p h_p C_p`` ``(B,)`` of path flows ``h`` ``(B, P)``
+    with ``D = sum_p h_p`` and path costs ``C`` (``path_costs``): 0 exactly when every used path is a
+    cheapest one (Wardrop's condition for ``user_equilibrium``, optimality for ``system_optimum``)."""
+    check_choice("objective", objective, OBJECTIVES)
+    return _gap(path_flow, path_costs(network, path_flow, capacity_factor, objective))
+
+
+def _gap(path_flow: torch.Tensor, path_cost: torch.Tensor) -> torch.Tensor:
+    total = (path_flow * path_cost).sum(-1)
+    least = path_flow.sum(-1) * path_cost.amin(-1)
+    return (total - least) / total.clamp_min(torch.finfo(total.dtype).tiny)
+
+
 @torch.no_grad()
 def frank_wolfe(network: Network, demand: torch.Tensor, capacity_factor: torch.Tensor,
-                objective: str = "user_equilibrium", iterations: int = 100) -> torch.Tensor:
-    """Path flows ``(B, P)`` of the user equilibrium or the system optimum, batched over B states.
+                objective: str = "user_equilibrium", tol: float = 1e-6, max_iterations: int = 1000) -> torch.Tensor:
+    """Path flows ``(B, P)`` of the user equilibrium or the system optimum, batched over B states, to a
+    relative gap ``tol`` (``relative_gap``).
 
     Minimises over path flows ``h >= 0``, ``sum_p h_p = D`` (edge flows ``x = h Inc``) the Beckmann
     potential ``sum_e int_0^{x_e} l_e`` (``objective="user_equilibrium"``: Wardrop's condition, every
@@ -329,21 +368,30 @@ def frank_wolfe(network: Network, demand: torch.Tensor, capacity_factor: torch.T
     taking the full step when the derivative is still negative there (the path is emptied exactly).
     Unlike the classic Frank-Wolfe step towards the all-or-nothing flow, it converges linearly on
     these problems: Braess' system optimum to 1e-12 in 10 iterations where the classic step zigzags;
-    it needs about one iteration per path it empties.
+    it needs about one iteration per path it empties (64 parallel links: about 700 iterations to 1e-6,
+    which ``parallel_links_equilibrium`` solves exactly). A state stops moving at the first iteration
+    its gap is at most ``tol`` (so a batch gives each state the flows it would get alone); states still
+    above ``tol`` after ``max_iterations`` iterations give a ``RuntimeWarning`` naming the gap.
 
     :param network: the network (tensors on the device and dtype of ``demand``).
     :param demand: total demand D ``(B,)``.
     :param capacity_factor: capacity factors f ``(B, E)``.
     :param objective: ``user_equilibrium`` or ``system_optimum``.
-    :param iterations: number of Frank-Wolfe iterations.
+    :param tol: relative gap to reach, in (0, 1].
+    :param max_iterations: most Frank-Wolfe iterations.
     """
     check_choice("objective", objective, OBJECTIVES)
+    tol = check_real("tol", tol, 0.0, 1.0, low_open=True)
+    max_iterations = check_positive_int("max_iterations", max_iterations)
     cost_network = network if objective == "user_equilibrium" else marginal_cost_network(network)
     n_paths = network.incidence.shape[0]
     path_flow = demand.unsqueeze(-1).expand(-1, n_paths) / n_paths
-    for _ in range(iterations):
+    for _ in range(max_iterations):
         edge_flow = path_flow @ network.incidence
-        path_cost = edge_latency(cost_network, edge_flow, capacity_factor) @ network.incidence.T
+        path_cost = path_costs(network, path_flow, capacity_factor, objective)
+        active = _gap(path_flow, path_cost) > tol
+        if not bool(active.any()):
+            return path_flow
         cheapest = path_cost.argmin(-1, keepdim=True)
         costliest_used = torch.where(path_flow > 0, path_cost, -torch.inf).argmax(-1, keepdim=True)
         direction = torch.zeros_like(path_flow).scatter(-1, cheapest, 1.0).scatter_add(
@@ -361,14 +409,80 @@ def frank_wolfe(network: Network, demand: torch.Tensor, capacity_factor: torch.T
             descending = slope_at(middle) < 0
             low, high = torch.where(descending, middle, low), torch.where(descending, high, middle)
         step = torch.where(slope_at(max_step) <= 0, max_step, (low + high) / 2)
+        step = torch.where(active, step, torch.zeros_like(step))
         path_flow = (path_flow + step.unsqueeze(-1) * direction).clamp(min=0.0)
+    gap = relative_gap(network, path_flow, capacity_factor, objective)
+    behind = gap > tol
+    if bool(behind.any()):
+        warnings.warn(f"frank_wolfe ({objective}): relative gap {float(gap.max()):.2e} > tol {tol:g} after "
+                      f"{max_iterations} iterations in {int(behind.sum())} of {gap.numel()} states; raise the "
+                      f"iteration limit (frank_wolfe_max_iters) or the tolerance (wardrop_gap_tol)",
+                      RuntimeWarning, stacklevel=2)
     return path_flow
 
 
+def is_parallel_links(network: Network) -> bool:
+    """Whether ``network`` is parallel links (incidence = identity) whose latencies all grow with the flow."""
+    n_paths, n_edges = network.incidence.shape
+    identity = torch.eye(n_paths, dtype=network.incidence.dtype, device=network.incidence.device)
+    return n_paths == n_edges and bool((network.incidence == identity).all()) and bool((network.slope > 0).all())
+
+
+@torch.no_grad()
+def parallel_links_equilibrium(network: Network, demand: torch.Tensor, capacity_factor: torch.Tensor,
+                               objective: str = "user_equilibrium") -> torch.Tensor:
+    """Path (= link) flows ``(B, P)`` of the user equilibrium or the system optimum of parallel links
+    (``is_parallel_links``), exact to the resolution of the dtype.
+
+    At either solution every used link has the same cost ``lambda`` and the unused ones cost more, so
+    the flow of link e is ``x_e(lambda) = c_e f_e ((lambda - a_e) / b_e)^(1/p)`` above ``a_e`` and 0 below
+    (``b_e``: the slope of the latencies, or ``(p + 1) b_e`` for the marginal costs), and ``lambda`` is the
+    root of the increasing ``sum_e x_e(lambda) = D``. It lies in ``[min_e a_e, min_e c_e(D)]`` (one link
+    carrying everything costs at least lambda) and is found by bisection until the bracket stops
+    shrinking (at most ``LEVEL_BISECTION_STEPS`` halvings); the flows are then scaled to add up to D.
+
+    :param network: parallel links (tensors on the device and dtype of ``demand``).
+    :param demand: total demand D ``(B,)``.
+    :param capacity_factor: capacity factors f ``(B, E)``.
+    :param objective: ``user_equilibrium`` or ``system_optimum``.
+    """
+    check_choice("objective", objective, OBJECTIVES)
+    if not is_parallel_links(network):
+        raise ValueError("parallel_links_equilibrium needs parallel links (identity incidence) with positive "
+                         "slopes; use frank_wolfe (or equilibrium_flows) for this network")
+    cost_network = network if objective == "user_equilibrium" else marginal_cost_network(network)
+    capacity = network.capacity * capacity_factor
+
+    def flows_at(level: torch.Tensor) -> torch.Tensor:
+        excess = torch.relu(level.unsqueeze(-1) - cost_network.free_time) / cost_network.slope
+        return capacity * excess ** (1.0 / network.power)
+
+    full_load = edge_latency(cost_network, demand.unsqueeze(-1).expand_as(capacity), capacity_factor)
+    low, high = cost_network.free_time.amin().expand_as(demand).clone(), full_load.amin(-1)
+    for _ in range(LEVEL_BISECTION_STEPS):
+        middle = (low + high) / 2
+        if not bool(((middle > low) & (middle < high)).any()):  # no bracket can shrink any more
+            break
+        short = flows_at(middle).sum(-1) < demand
+        low, high = torch.where(short, middle, low), torch.where(short, high, middle)
+    flows = flows_at(high)
+    return flows * (demand / flows.sum(-1).clamp_min(torch.finfo(flows.dtype).tiny)).unsqueeze(-1)
+
+
+def equilibrium_flows(network: Network, demand: torch.Tensor, capacity_factor: torch.Tensor,
+                      objective: str = "user_equilibrium", tol: float = 1e-6,
+                      max_iterations: int = 1000) -> torch.Tensor:
+    """Path flows ``(B, P)`` of the user equilibrium or the system optimum to a relative gap ``tol``:
+    ``parallel_links_equilibrium`` (exact) where it applies, ``frank_wolfe`` otherwise."""
+    if is_parallel_links(network):
+        return parallel_links_equilibrium(network, demand, capacity_factor, objective)
+    return frank_wolfe(network, demand, capacity_factor, objective, tol, max_iterations)
+
+
 def price_of_anarchy(network: Network, demand: torch.Tensor, capacity_factor: torch.Tensor,
-                     iterations: int = 100) -> torch.Tensor:
+                     tol: float = 1e-6, max_iterations: int = 1000) -> torch.Tensor:
     """Price of anarchy ``(B,)``: total travel time at the user equilibrium over that at the system optimum."""
-    ue, so = (frank_wolfe(network, demand, capacity_factor, objective, iterations) @ network.incidence
+    ue, so = (equilibrium_flows(network, demand, capacity_factor, objective, tol, max_iterations) @ network.incidence
               for objective in OBJECTIVES)
     return total_travel_time(network, ue, capacity_factor) / total_travel_time(network, so, capacity_factor)
 
@@ -419,9 +533,10 @@ class Routing(Scenario):
         self.network_float64 = build_network(config.layout, config.n_paths, config.latency,
                                              self.nominal_total_demand, config.bpr_alpha, config.bpr_beta)
         self.network = self.network_float64.to(self.device, self.dtype)
+        self.reference_network = self.network_float64.to(self.device, torch.float64)  # references: float64
         self.n_paths, self.n_edges = self.network.incidence.shape
         p, e = self.n_paths, self.n_edges
-        ue_total_time = self.nominal_total_time("user_equilibrium", config.frank_wolfe_iters)
+        ue_total_time = self.nominal_total_time("user_equilibrium", config.wardrop_gap_tol)
         self.time_scale = ue_total_time / self.nominal_total_demand  # tau of the feature table
         self.obs_dim = 3 * p + e + 3
         self.action_dim = p
@@ -519,29 +634,32 @@ class Routing(Scenario):
 
     # ----- references --------------------------------------------------------------------------
 
-    def nominal_total_time(self, objective: str, iterations: int) -> float:
-        """Total travel time of the UE or SO at nominal demand and capacities (float64, on the CPU)."""
+    def nominal_total_time(self, objective: str, tol: float) -> float:
+        """Total travel time of the UE or SO at nominal demand and capacities, to the relative gap ``tol``
+        (float64, on the CPU)."""
         network = self.network_float64
         demand = torch.tensor([self.nominal_total_demand], dtype=torch.float64)
         capacity_factor = torch.ones(1, self.n_edges, dtype=torch.float64)
-        path_flow = frank_wolfe(network, demand, capacity_factor, objective, iterations)
+        path_flow = equilibrium_flows(network, demand, capacity_factor, objective, tol,
+                                      self.config.frank_wolfe_max_iters)
         return float(total_travel_time(network, path_flow @ network.incidence, capacity_factor))
 
     def reference_action(self, state: State, name: str) -> torch.Tensor:
         self.check_reference_name(name)
-        total_demand = state["demand"].sum(-1)
-        path_flow = frank_wolfe(self.network, total_demand, state["capacity_factor"], name,
-                                self.config.frank_wolfe_iters)
+        total_demand = state["demand"].to(torch.float64).sum(-1)  # solved in float64 whatever the dtype
+        path_flow = equilibrium_flows(self.reference_network, total_demand,
+                                      state["capacity_factor"].to(torch.float64), name, self.config.wardrop_gap_tol,
+                                      self.config.frank_wolfe_max_iters)
         shares = path_flow / total_demand.unsqueeze(-1)
-        return actions_for_split(shares).unsqueeze(1).expand(-1, self.n_agents, -1).clone()
+        return actions_for_split(shares).to(self.dtype).unsqueeze(1).expand(-1, self.n_agents, -1).clone()
 
     def references(self) -> dict[str, float]:
         """UE/SO total and mean travel times and the price of anarchy at nominal demand and capacities
-        (float64, ``max(frank_wolfe_iters, 10 P)`` iterations), and the textbook closed forms."""
-        iterations = max(self.config.frank_wolfe_iters, 10 * self.n_paths)
+        (float64, relative gap at most ``min(wardrop_gap_tol, 1e-10)``), and the textbook closed forms."""
+        tol = min(self.config.wardrop_gap_tol, REFERENCES_GAP_TOL)
         out = {"total_demand": self.nominal_total_demand}
         for short, objective in zip(("ue", "so"), OBJECTIVES):
-            out[f"{short}_total_time"] = self.nominal_total_time(objective, iterations)
+            out[f"{short}_total_time"] = self.nominal_total_time(objective, tol)
             out[f"{short}_mean_time"] = out[f"{short}_total_time"] / self.nominal_total_demand
         out["price_of_anarchy"] = out["ue_total_time"] / out["so_total_time"]
         if self.config.layout in TEXTBOOK and self.config.demand is None:

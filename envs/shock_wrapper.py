@@ -23,6 +23,11 @@ applied ``||delta||_p`` over agents), ``shock/budget_use`` (that norm over eps: 
 the ball), ``shock/gain`` (system-objective increase, or the adaptive objective's increase, from the
 unshocked value, summed over attacked agents), ``shock/shocked`` and, for ``random_search``,
 ``shock/search_wins`` (the fraction of attacked agents where a random candidate beat PGD's result).
+
+Inputs are checked where they enter: every output of the victim must be a finite tensor of actions of
+shape ``(*obs.shape[:-1], A)`` exactly (no broadcasting), every output of ``value_fn`` a finite
+``(*obs.shape[:-1])`` tensor, and the shock itself finite, else a one-line ValueError; seeds are None or
+integers in [0, 2**63) (the shock generator's seed after ``reset(seed)`` is ``seed + 1``, wrapped).
 """
 
 from __future__ import annotations
@@ -34,10 +39,32 @@ import numpy as np
 import torch
 from pettingzoo.utils.wrappers import BaseParallelWrapper
 
-from envs.core import check_choice, check_positive_int, check_real, make_generator
-from envs.shocks import (MODES, NORMS, RULES, action_objective, budget_use, pga, pgd_attack, random_in_ball,
-                         random_search, spike_shock, system_objective, value_objective)
+from envs.core import (
+    check_bool,
+    check_choice,
+    check_positive_int,
+    check_real,
+    check_seed,
+    derived_seed,
+    make_generator,
+    short_repr,
+)
+from envs.pettingzoo_env import ScenarioParallelEnv
 from envs.rollout_attack import rollout_objective
+from envs.shocks import (
+    MODES,
+    NORMS,
+    RULES,
+    action_objective,
+    budget_use,
+    pga,
+    pgd_attack,
+    random_in_ball,
+    random_search,
+    spike_shock,
+    system_objective,
+    value_objective,
+)
 from envs.vector import TorchVectorEnv, VectorStep
 
 ATTACKS = ("system", "action", "value", "random", "spike", "random_search", "rollout", "learned")
@@ -89,8 +116,10 @@ class ShockConfig:
         check_choice("mode", self.mode, MODES)
         check_real("prob", self.prob, 0.0, 1.0)
         check_choice("rule", self.rule, RULES)
+        check_bool("random_start", self.random_start)
+        check_bool("best_iterate", self.best_iterate)
         if isinstance(self.restarts, bool) or not isinstance(self.restarts, int) or self.restarts < 0:
-            raise ValueError(f"restarts must be an integer >= 0, got {self.restarts!r}")
+            raise ValueError(f"restarts must be an integer >= 0, got {short_repr(self.restarts)}")
         check_positive_int("candidates", self.candidates)
         check_positive_int("horizon", self.horizon)
 
@@ -100,6 +129,26 @@ class ShockConfig:
         return self.best_iterate or self.restarts > 0 or self.objective == "random_search"
 
 
+def _describe(value: Any) -> str:
+    return f"shape {tuple(value.shape)}" if torch.is_tensor(value) else f"a {type(value).__name__}"
+
+
+def checked_output(fn: Policy, name: str, trailing: tuple[int, ...]) -> Policy:
+    """``fn`` whose every output is checked: a finite tensor of shape ``(*obs.shape[:-1], *trailing)``
+    exactly (a broadcastable shape is refused), else a ValueError naming ``name``."""
+    def checked(obs: torch.Tensor) -> torch.Tensor:
+        out = fn(obs)
+        expected = (*obs.shape[:-1], *trailing)
+        if not torch.is_tensor(out) or tuple(out.shape) != expected:
+            raise ValueError(f"{name} must map observations of shape {tuple(obs.shape)} to a tensor of shape "
+                             f"{expected}, got {_describe(out)}")
+        if not torch.isfinite(out).all():
+            raise ValueError(f"{name} returned NaN or inf for observations of shape {tuple(obs.shape)}; "
+                             f"it must return finite values")
+        return out
+    return checked
+
+
 def compute_shock(scenario, state: dict, obs: torch.Tensor, policy: Policy, cfg: ShockConfig,
                   generator: torch.Generator, value_fn: Policy | None = None, adversary: Policy | None = None,
                   env_generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -107,8 +156,12 @@ def compute_shock(scenario, state: dict, obs: torch.Tensor, policy: Policy, cfg:
 
     ``adversary``: the ``learned`` objective's attacker, ``obs (B, N, D) -> delta (B, N, D)`` (one delta
     for every agent in shared mode). ``env_generator``: the environment's generator, whose state the
-    ``rollout`` objective copies for the exogenous draws of its window."""
+    ``rollout`` objective copies for the exogenous draws of its window. ``policy`` and ``value_fn`` are
+    checked at every call (``checked_output``), the shock before it is returned."""
     batch, n, dim = obs.shape
+    policy = checked_output(policy, "the victim policy", (scenario.action_dim,))
+    if value_fn is not None:
+        value_fn = checked_output(value_fn, "value_fn", ())
     shape = (batch, dim) if cfg.mode == "shared" else (batch, n, dim)
     if cfg.objective == "value":
         if value_fn is None:
@@ -152,6 +205,9 @@ def compute_shock(scenario, state: dict, obs: torch.Tensor, policy: Policy, cfg:
             attack, won = random_search(objective, attack, cfg.eps, cfg.norm, cfg.candidates, mask, generator)
             extra["shock/search_wins"] = won.reshape(batch, -1).to(obs.dtype).mean(-1)
         delta = attack.delta
+    if not torch.isfinite(delta).all():
+        raise ValueError(f"the {cfg.objective} attack produced a NaN or inf shock (a non-finite gradient of the "
+                         f"objective through the victim?); the victim must be finite and differentiable")
     shocked = torch.rand(batch, generator=generator, **options) < cfg.prob
     delta = delta * shocked.view(-1, *([1] * (delta.dim() - 1)))
     if trajectory is not None and not random_start:  # PGA already evaluated g(0) and g(delta_K)
@@ -170,6 +226,15 @@ def compute_shock(scenario, state: dict, obs: torch.Tensor, policy: Policy, cfg:
     return per_agent.expand(batch, n, dim), info
 
 
+def check_callables(**fns: Any) -> None:
+    """A ValueError naming the first of ``fns`` that is neither None nor callable (``policy`` must be callable)."""
+    for name, fn in fns.items():
+        if (fn is None and name != "policy") or callable(fn):
+            continue
+        raise ValueError(f"{name} must be a callable mapping observations (B, N, D) to a tensor"
+                         f"{'' if name == 'policy' else ' or None'}, got {short_repr(fn)}")
+
+
 class ShockedVectorEnv:
     """A ``TorchVectorEnv`` whose observations are shocked before the agents see them.
 
@@ -179,6 +244,11 @@ class ShockedVectorEnv:
 
     def __init__(self, env: TorchVectorEnv, policy: Policy, config: ShockConfig, value_fn: Policy | None = None,
                  seed: int | None = None, adversary: Policy | None = None) -> None:
+        if not isinstance(env, TorchVectorEnv):
+            raise ValueError(f"env must be an envs.TorchVectorEnv, got {type(env).__name__}")
+        check_callables(policy=policy, value_fn=value_fn, adversary=adversary)
+        if not isinstance(config, ShockConfig):
+            raise ValueError(f"config must be a ShockConfig, got {short_repr(config)}")
         self.env, self.policy, self.config, self.value_fn = env, policy, config, value_fn
         self.adversary = adversary
         self.scenario = env.scenario
@@ -202,8 +272,9 @@ class ShockedVectorEnv:
         return obs + delta
 
     def reset(self, seed: int | None = None) -> torch.Tensor:
+        seed = check_seed("seed", seed)
         if seed is not None:
-            self.generator = make_generator(seed + 1, self.device)
+            self.generator = make_generator(derived_seed(seed, 1), self.device)
         return self._shock(self.env.reset(seed=seed))
 
     def step(self, actions: Any) -> VectorStep:
@@ -217,6 +288,9 @@ class ShockedParallelEnv(BaseParallelWrapper):
 
     def __init__(self, env, policy: Policy, config: ShockConfig, value_fn: Policy | None = None,
                  seed: int | None = None) -> None:
+        if not isinstance(getattr(env, "unwrapped", None), ScenarioParallelEnv):
+            raise ValueError(f"env must be a scenario's ParallelEnv (envs.pettingzoo_env.make_parallel_env), got "
+                             f"{type(env).__name__}")
         super().__init__(env)
         self.shocker = ShockedVectorEnv(env.unwrapped._vec, policy, config, value_fn, seed)
 
@@ -231,9 +305,10 @@ class ShockedParallelEnv(BaseParallelWrapper):
         return {key: float(value[0]) for key, value in self.shocker.last_shock_info.items()}
 
     def reset(self, seed: int | None = None, options: dict | None = None):
+        seed = check_seed("seed", seed)
         obs, infos = self.env.reset(seed=seed, options=options)
         if seed is not None:
-            self.shocker.generator = make_generator(seed + 1, self.shocker.device)
+            self.shocker.generator = make_generator(derived_seed(seed, 1), self.shocker.device)
         obs = self._shocked_dict(obs)
         return obs, {agent: {**infos.get(agent, {}), **self._info()} for agent in obs}
 

@@ -16,7 +16,15 @@ from typing import Any, Callable, NamedTuple
 
 import torch
 
-from envs.core import Scenario, State, check_positive_int, make_generator, make_scenario
+from envs.core import (
+    Scenario,
+    State,
+    check_bool,
+    check_positive_int,
+    check_seed,
+    make_generator,
+    make_scenario,
+)
 
 
 class VectorStep(NamedTuple):
@@ -36,7 +44,8 @@ class TorchVectorEnv:
     :param num_envs: number of environments B.
     :param device: torch device of the simulation (``"cpu"``, ``"cuda"``...).
     :param dtype: ``torch.float32`` (default) or ``torch.float64``.
-    :param seed: seed of the first reset (a later ``reset(seed=...)`` reseeds).
+    :param seed: seed of the first reset, None or an integer in [0, 2**63) (a later ``reset(seed=...)``
+        reseeds).
     :param auto_reset: reset the batch when the horizon is reached (the learner's mode); the
         single-environment adapters set it to False and stop at the horizon.
     :param max_steps: episode length; the scenario's horizon when None.
@@ -47,15 +56,17 @@ class TorchVectorEnv:
                  max_steps: int | None = None, **scenario_kwargs: Any) -> None:
         if isinstance(scenario, str):
             scenario = make_scenario(scenario, device=device, dtype=dtype, **scenario_kwargs)
+        elif not isinstance(scenario, Scenario):
+            raise ValueError(f"scenario must be a scenario name or an envs.Scenario, got {type(scenario).__name__}")
         elif scenario_kwargs:
             raise ValueError(f"scenario keyword arguments {sorted(scenario_kwargs)} given with a built "
                              f"Scenario; pass a scenario name to configure it")
         self.scenario = scenario
         self.num_envs = check_positive_int("num_envs", num_envs)
         self.device = scenario.device
-        self.auto_reset = auto_reset
+        self.auto_reset = check_bool("auto_reset", auto_reset)
         self.max_steps = scenario.horizon if max_steps is None else check_positive_int("max_steps", max_steps)
-        self._seed = seed
+        self._seed = check_seed("seed", seed)
         self.generator: torch.Generator | None = None
         self.state: State | None = None
 
@@ -66,15 +77,24 @@ class TorchVectorEnv:
     def reset(self, seed: int | None = None) -> torch.Tensor:
         """Start new episodes in every environment; returns the observations ``(B, N, D)``.
 
-        ``seed`` reseeds the generator; without it the generator goes on from where it was
-        (seeded at construction, or randomly on the first reset).
+        ``seed`` (None or an integer in [0, 2**63)) reseeds the generator; without it the generator goes
+        on from where it was (seeded at construction, or randomly on the first reset).
         """
+        seed = check_seed("seed", seed)
         if seed is None and self.generator is None:
             seed = self._seed
         if seed is not None or self.generator is None:
             self.generator = make_generator(seed, self.device)
-        self.state = self.scenario.reset(self.num_envs, self.generator)
-        return self.scenario.observe(self.state)
+        try:
+            self.state = self.scenario.reset(self.num_envs, self.generator)
+            return self.scenario.observe(self.state)
+        except (MemoryError, RuntimeError) as error:  # torch.OutOfMemoryError is a RuntimeError
+            if not isinstance(error, MemoryError) and "alloc" not in str(error).lower():
+                raise
+            scenario = self.scenario
+            raise ValueError(f"num_envs={self.num_envs} environments of {scenario.name} (n_agents={scenario.n_agents}, "
+                             f"obs_dim={scenario.obs_dim}) do not fit in the memory of {self.device}; use fewer "
+                             f"environments or a smaller configuration") from None
 
     def step(self, actions: Any) -> VectorStep:
         """Apply the joint actions ``(B, N, A)`` (validated and clipped by the scenario)."""

@@ -9,6 +9,7 @@ import pettingzoo
 import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
+from gymnasium.vector import AutoresetMode
 from pettingzoo.test import api_test, max_cycles_test, parallel_api_test, parallel_seed_test, render_test
 
 import envs
@@ -117,22 +118,37 @@ def test_gymnasium_registered_ids(name):
     assert reward == pytest.approx(-info["system_loss"])
 
 
+@pytest.mark.parametrize("mode", ["next_step", "same_step"])
 @pytest.mark.parametrize("name", SCENARIO_NAMES)
-def test_make_vec_returns_native_batched_env(name):
+def test_make_vec_returns_native_batched_env(name, mode):
     kwargs = preset(name, "small")
-    vec = gymnasium.make_vec(envs.GYM_IDS[name], num_envs=6, vectorization_mode="vector_entry_point", **kwargs)
+    vec = gymnasium.make_vec(envs.GYM_IDS[name], num_envs=6, vectorization_mode="vector_entry_point",
+                             autoreset_mode=mode, **kwargs)
     assert isinstance(vec, JointVectorEnv)
+    assert vec.autoreset_mode == vec.metadata["autoreset_mode"] == AutoresetMode(
+        {"next_step": "NextStep", "same_step": "SameStep"}[mode])
     obs, _ = vec.reset(seed=1)
     assert obs.shape == vec.observation_space.shape and vec.observation_space.contains(obs)
     again, _ = gymnasium.make_vec(envs.GYM_IDS[name], num_envs=6, vectorization_mode="vector_entry_point",
-                                  **kwargs).reset(seed=1)
+                                  autoreset_mode=mode, **kwargs).reset(seed=1)
     np.testing.assert_array_equal(obs, again)
     for step in range(kwargs["horizon"]):
         obs, rewards, terminated, truncated, info = vec.step(vec.action_space.sample())
         assert rewards.shape == (6,) and not terminated.any()
         assert truncated.all() == (step == kwargs["horizon"] - 1)
-    assert info["final_obs"].shape == obs.shape and info["_final_obs"].all()
-    obs_after, *_ = vec.step(vec.action_space.sample())  # the batch was reset in the same step
+    def time_feature(flat_obs):  # the last feature of every scenario is t / T
+        return flat_obs.reshape(6, vec.scenario.n_agents, -1)[..., -1]
+
+    if mode == "same_step":  # the batch was reset in the step that ended the episodes
+        assert info["final_obs"].shape == obs.shape and info["_final_obs"].all()
+        assert (time_feature(info["final_obs"]) == 1).all()
+        first = obs
+    else:  # the step that ended the episodes returned their last observations; the next one resets
+        assert "final_obs" not in info and (time_feature(obs) == 1).all()
+        first, rewards, terminated, truncated, info = vec.step(vec.action_space.sample())
+        assert not (terminated.any() or truncated.any()) and (rewards == 0).all() and info == {}
+    assert (time_feature(first) == 0).all()  # the first observations of the new episodes
+    obs_after, *_ = vec.step(vec.action_space.sample())
     assert obs_after.shape == obs.shape
 
 

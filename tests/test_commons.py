@@ -114,3 +114,16 @@ def test_bad_values_are_named():
     with pytest.raises(ValueError, match="unknown commons reference 'mmsy'"):
         scenario = make()
         scenario.reference_action(scenario.reset(1, envs.make_generator(0)), "mmsy")
+
+
+@pytest.mark.parametrize("n_resources", [1, 3, 7])
+def test_float64_growth_rates_are_exact(n_resources):
+    # r_m evenly spaced in growth_rate * [0.75, 1.25], built in float64 (they were built in float32 and cast)
+    scenario = make(n_resources=n_resources, growth_rate=0.3)
+    spread = [0.75 + 0.5 * m / (n_resources - 1) for m in range(n_resources)] if n_resources > 1 else [1.0]
+    expected = torch.tensor([0.3 * value for value in spread], dtype=torch.float64)
+    torch.testing.assert_close(scenario.growth_rates, expected, rtol=2e-16, atol=0)
+    assert scenario.growth_rates.dtype == torch.float64
+    single = envs.make_scenario("commons", n_resources=n_resources, growth_rate=0.3)
+    assert single.growth_rates.dtype == torch.float32
+    torch.testing.assert_close(single.growth_rates, expected.float(), rtol=0, atol=0)

@@ -5,6 +5,8 @@ import re
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import envs.routing  # noqa: F401  (registers the scenario)
 from envs.core import make_generator, make_scenario
@@ -12,8 +14,11 @@ from envs.routing import (
     actions_for_split,
     beckmann_potential,
     build_network,
+    equilibrium_flows,
     frank_wolfe,
+    parallel_links_equilibrium,
     price_of_anarchy,
+    relative_gap,
     route,
     simplex_split,
     total_travel_time,
@@ -79,7 +84,7 @@ def test_braess_paradox():
 
 def test_braess_system_optimum_path_flows():
     network = build_network("braess")
-    flows = frank_wolfe(network, tensor([4.0]), torch.ones(1, 5, dtype=F64), "system_optimum", iterations=20)
+    flows = frank_wolfe(network, tensor([4.0]), torch.ones(1, 5, dtype=F64), "system_optimum", tol=1e-12)
     torch.testing.assert_close(flows, tensor([[1.75, 1.75, 0.5]]), atol=1e-9, rtol=0)
 
 
@@ -96,7 +101,7 @@ def test_frank_wolfe_matches_a_grid_search_on_three_paths(layout, latency):
     for b in range(2):
         grid_flows = demand[b] * shares @ network.incidence
         factor = capacity_factor[b].expand(len(shares), -1)
-        path_flow = frank_wolfe(network, demand, capacity_factor, "user_equilibrium", iterations=200)
+        path_flow = frank_wolfe(network, demand, capacity_factor, "user_equilibrium", tol=1e-10)
         potential = beckmann_potential(network, path_flow @ network.incidence, capacity_factor)[b]
         grid_potential = beckmann_potential(network, grid_flows, factor).min()
         assert grid_potential - 1e-3 <= potential <= grid_potential + 1e-12
@@ -106,21 +111,69 @@ def test_frank_wolfe_matches_a_grid_search_on_three_paths(layout, latency):
         path_latency = network.incidence @ edge_latency
         used = path_flow[b] > 1e-9
         assert float(path_latency[used].max() - path_latency.min()) < 1e-6
-        path_flow = frank_wolfe(network, demand, capacity_factor, "system_optimum", iterations=200)
+        path_flow = frank_wolfe(network, demand, capacity_factor, "system_optimum", tol=1e-10)
         cost = total_travel_time(network, path_flow @ network.incidence, capacity_factor)[b]
         grid_cost = total_travel_time(network, grid_flows, factor).min()
         assert grid_cost - 1e-3 <= cost <= grid_cost + 1e-12
 
 
-def test_batched_frank_wolfe_equals_one_state_at_a_time():
-    scenario = make(n_agents=3, n_paths=5)
+@pytest.mark.parametrize("kwargs", [{"n_paths": 5}, {"layout": "braess"}])  # exact solver, Frank-Wolfe
+def test_batched_frank_wolfe_equals_one_state_at_a_time(kwargs):
+    scenario = make(n_agents=3, **kwargs)
     state = random_states(scenario, 6, seed=1)
     for name in scenario.reference_names:
         batched = scenario.reference_action(state, name)
-        assert batched.shape == (6, 3, 5)
+        assert batched.shape == (6, 3, scenario.n_paths)
         for b in range(6):
             single = {key: value[b:b + 1] for key, value in state.items()}
             torch.testing.assert_close(scenario.reference_action(single, name), batched[b:b + 1], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_large_preset_references_reach_the_stated_gap(dtype):
+    # 100 fixed Frank-Wolfe iterations left the user equilibrium of 64 links at a 2.1% gap
+    scenario = make_scenario("routing", dtype=dtype, **make().presets["large"])
+    state = scenario.reset(8, make_generator(0))
+    total_demand = state["demand"].to(F64).sum(-1, keepdim=True)
+    for name in scenario.reference_names:
+        split = simplex_split(scenario.reference_action(state, name)[:, 0].to(F64))
+        gap = relative_gap(scenario.reference_network, total_demand * split, state["capacity_factor"].to(F64), name)
+        assert float(gap.max()) <= 1e-6  # (the split's floor of 1e-6 / P on unused links included)
+    refs = scenario.references()
+    assert refs["so_total_time"] < refs["ue_total_time"]
+
+
+@settings(max_examples=15, deadline=None)
+@given(links=st.integers(2, 6), latency=st.sampled_from(["bpr", "affine"]), demand=st.floats(0.2, 5.0),
+       drops=st.lists(st.booleans(), min_size=6, max_size=6), objective=st.sampled_from(["user_equilibrium",
+                                                                                       "system_optimum"]))
+def test_exact_parallel_solver_agrees_with_frank_wolfe(links, latency, demand, drops, objective):
+    network = build_network("parallel", links, latency, total_demand=2.0)
+    capacity_factor = torch.where(torch.tensor(drops[:links]), 0.5, 1.0).to(F64).unsqueeze(0)
+    total = tensor([demand])
+    exact = parallel_links_equilibrium(network, total, capacity_factor, objective)
+    iterated = frank_wolfe(network, total, capacity_factor, objective, tol=1e-9)
+    assert float(relative_gap(network, exact, capacity_factor, objective)) <= 1e-12
+    assert float(relative_gap(network, iterated, capacity_factor, objective)) <= 1e-9
+    torch.testing.assert_close(exact.sum(-1), total, rtol=1e-12, atol=0)
+    torch.testing.assert_close(exact, iterated, rtol=0, atol=1e-3 * demand)
+    value = beckmann_potential if objective == "user_equilibrium" else total_travel_time
+    exact_value, iterated_value = (value(network, flows, capacity_factor) for flows in (exact, iterated))
+    assert float(exact_value) <= float(iterated_value) + 1e-12 <= float(exact_value) * (1 + 1e-8) + 1e-12
+    torch.testing.assert_close(equilibrium_flows(network, total, capacity_factor, objective), exact, rtol=0, atol=0)
+
+
+def test_frank_wolfe_stops_at_the_tolerance_and_warns_at_the_iteration_limit():
+    network = build_network("braess")
+    ones = torch.ones(1, 5, dtype=F64)
+    loose = frank_wolfe(network, tensor([4.0]), ones, "system_optimum", tol=1e-2)
+    assert 1e-12 < float(relative_gap(network, loose, ones, "system_optimum")) <= 1e-2  # stopped early
+    large = build_network("parallel", 64, "bpr", total_demand=16.0)
+    with pytest.warns(RuntimeWarning, match=r"frank_wolfe \(user_equilibrium\): relative gap .* > tol 1e-06 after "
+                                            r"5 iterations in 1 of 1 states"):
+        frank_wolfe(large, tensor([16.0]), torch.ones(1, 64, dtype=F64), tol=1e-6, max_iterations=5)
+    with pytest.raises(ValueError, match="parallel_links_equilibrium needs parallel links"):
+        parallel_links_equilibrium(network, tensor([4.0]), ones)
 
 
 def test_system_optimum_beats_equilibrium_beats_random_play():
@@ -247,7 +300,8 @@ def test_large_batch_step_stays_in_the_observation_box():
     ({"demand": -1.0}, "demand must lie in (0.0, inf], got -1.0"),
     ({"capacity_drop_factor": 0.0}, "capacity_drop_factor must lie in (0.0, 1.0], got 0.0"),
     ({"bpr_beta": 0.5}, "bpr_beta must lie in [1.0, inf], got 0.5"),
-    ({"frank_wolfe_iters": 0}, "frank_wolfe_iters must be a positive integer, got 0"),
+    ({"frank_wolfe_max_iters": 0}, "frank_wolfe_max_iters must be a positive integer, got 0"),
+    ({"wardrop_gap_tol": 0.0}, "wardrop_gap_tol must lie in (0.0, 1.0], got 0.0"),
 ])
 def test_bad_values_are_named(kwargs, message):
     with pytest.raises(ValueError, match=re.escape(message)):
