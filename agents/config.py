@@ -6,23 +6,25 @@ Resolution order: dataclass defaults <- the scenario's preset of that size (``en
 ``reg:`` section, typed by its registry entry (``regularizers.registry``); the shocks of the
 adversarial methods' rollouts are ``shock:``. Unknown keys, values of the wrong type and missing or
 malformed config files raise ``ConfigError`` with one line naming the field, the value and what is
-allowed.
+allowed: ``resolve`` checks every field (ranges and finiteness included) before anything is built or
+written.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.resources
 import pathlib
 import types
 import typing
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import yaml
 
 from agents.ppo import PPOConfig
-from envs.core import SCENARIOS, config_from_kwargs
+from envs.core import SCENARIOS, check_positive_int, check_real, check_seed, config_from_kwargs, short_repr
 from envs.shock_wrapper import ShockConfig
 from regularizers import METHODS, Method
 
@@ -38,6 +40,27 @@ class ConfigError(ValueError):
     """A bad configuration value; the message is one line naming the field."""
 
 
+@contextlib.contextmanager
+def config_errors(prefix: str = "") -> Iterator[None]:
+    """Turn a ValueError raised inside (a dataclass's or a ``check_*`` function's one-line message) into
+    a ``ConfigError``, its message prefixed with ``prefix`` (e.g. ``"ppo."``, ``"env: "``)."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except ValueError as error:
+        raise ConfigError(f"{prefix}{error}") from None
+
+
+def check_run_seed(name: str, value: Any) -> int:
+    """A seed that must be given (a run's, a grid's): ``envs.core.check_seed`` without None, so an integer
+    in [0, 2**63); else a ValueError naming it."""
+    if value is not None:
+        with contextlib.suppress(ValueError):
+            return check_seed(name, value)
+    raise ValueError(f"{name} must be an integer in [0, 2**63), got {short_repr(value)}")
+
+
 @dataclasses.dataclass
 class TrainConfig:
     """One training run: one scenario, one method, one seed.
@@ -45,7 +68,7 @@ class TrainConfig:
     :param scenario: scenario name.
     :param size: ``small``, ``default`` or ``large``: the scenario preset and the config file's section.
     :param method: training method (``regularizers.METHODS``).
-    :param seed: seed of everything (same seed, same numbers on CPU).
+    :param seed: seed of everything, an integer in [0, 2**63) (same seed, same numbers on CPU).
     :param device: torch device (``cpu``, ``cuda``, ``cuda:1``...).
     :param total_agent_steps: training budget in agent-steps (environment steps x agents).
     :param reg_coef: weight lambda of the method's penalty (default 0.1 for methods with one; 0 still
@@ -120,7 +143,7 @@ def _coerce(path: str, value: Any, tp: Any) -> Any:
 def build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     """Build dataclass ``cls`` from a nested mapping, refusing unknown keys and wrong types."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+        raise ConfigError(f"{prefix[:-1] if prefix else 'config'}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
@@ -186,6 +209,8 @@ def load_yaml(path: pathlib.Path | importlib.resources.abc.Traversable, what: st
         text = path.read_text()
     except OSError as error:
         raise ConfigError(f"{what}: cannot read it ({error.strerror or error})") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{what}: not a text file ({error.reason} at byte {error.start})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:
@@ -238,48 +263,38 @@ def device_kind(device: str) -> str:
         raise ConfigError(f"device {device!r} is not a torch device; e.g. cpu, cuda, cuda:1") from None
 
 
-def _positive(path: str, value: Any) -> None:
-    if value < 1:
-        raise ConfigError(f"{path} must be a positive integer, got {value}")
-
-
 def resolve(overrides: dict[str, Any], config_dir: pathlib.Path | None = None) -> TrainConfig:
     """Defaults <- preset <- ``<scenario>.yaml[size]`` <- overrides, validated (``ConfigError``)."""
     if not isinstance(overrides, dict):
         raise ConfigError(f"config: expected a mapping, got {type(overrides).__name__}")
     scenario = overrides.get("scenario", TrainConfig.scenario)
     size = overrides.get("size", TrainConfig.size)
-    if scenario not in SCENARIOS:
+    if not isinstance(scenario, str) or scenario not in SCENARIOS:
         raise ConfigError(f"unknown scenario {scenario!r}; allowed: {', '.join(sorted(SCENARIOS))}")
-    if size not in SIZES:
+    if not isinstance(size, str) or size not in SIZES:
         raise ConfigError(f"unknown size {size!r}; allowed: {', '.join(SIZES)}")
     merged = merge(size_section(scenario, size, config_dir), overrides)
     method_name = merged.get("method", TrainConfig.method)
-    if method_name not in METHODS:
+    if not isinstance(method_name, str) or method_name not in METHODS:
         raise ConfigError(f"unknown method {method_name!r}; allowed: {', '.join(METHODS)}")
     method = METHODS[method_name]
     reg = merged.pop("reg", None)
     config = build(TrainConfig, merged)
     config = dataclasses.replace(config, reg=build_settings(method, reg))
-    try:
+    with config_errors("env: "):
         config_from_kwargs(SCENARIOS[scenario].config_cls, config.env)
-    except ValueError as error:
-        raise ConfigError(f"env: {error}") from None
-    if config.seed < 0:
-        raise ConfigError(f"seed must be >= 0, got {config.seed}")
+    with config_errors("ppo."):
+        config.ppo.validate()
+    with config_errors():
+        check_run_seed("seed", config.seed)
+        for name in ("total_agent_steps", "checkpoint_every", "eval_envs"):
+            check_positive_int(name, getattr(config, name))
+        check_real("shock_warmup", config.shock_warmup, 0.0, 1.0)
     device_kind(config.device)
-    for name in ("total_agent_steps", "checkpoint_every", "eval_envs"):
-        _positive(name, getattr(config, name))
-    for name in ("num_envs", "rollout_steps", "update_epochs", "num_minibatches"):
-        _positive(f"ppo.{name}", getattr(config.ppo, name))
-    if config.ppo.learning_rate <= 0:
-        raise ConfigError(f"ppo.learning_rate must be > 0, got {config.ppo.learning_rate}")
     if not method.adversarial and ("shock" in merged or "shock_warmup" in merged):
         raise ConfigError(f"shock settings configure the rollouts of the adversarial methods "
                           f"({', '.join(name for name, m in METHODS.items() if m.adversarial)}); "
                           f"method {config.method!r} does not use them")
-    if not 0.0 <= config.shock_warmup <= 1.0:
-        raise ConfigError(f"shock_warmup must lie in [0, 1], got {config.shock_warmup}")
     if method.adversarial and config.shock.prob <= 0:
         raise ConfigError(f"method {config.method!r} trains under shocks: shock.prob must be > 0, "
                           f"got {config.shock.prob}")
@@ -291,8 +306,8 @@ def resolve(overrides: dict[str, Any], config_dir: pathlib.Path | None = None) -
         config = dataclasses.replace(config, reg_coef=0.0)
     elif config.reg_coef is None:
         config = dataclasses.replace(config, reg_coef=DEFAULT_REG_COEF)
-    if config.reg_coef < 0:
-        raise ConfigError(f"reg_coef must be >= 0, got {config.reg_coef}")
+    with config_errors():
+        check_real("reg_coef", config.reg_coef, 0.0)
     return config
 
 

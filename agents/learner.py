@@ -21,7 +21,7 @@ class PPOLearner:
     """Multi-agent PPO on ``num_envs`` batched environments of one scenario.
 
     :param env: the batched environments (``auto_reset=True``).
-    :param cfg: PPO hyper-parameters.
+    :param cfg: PPO hyper-parameters (``cfg.validate()``: a bad field is a ValueError before anything is built).
     :param total_iterations: number of rollout+update iterations planned (for LR annealing).
     :param seed: seeds the policy initialisation, action sampling, minibatch order and the env.
     :param penalty: optional regularizer ``penalty(policy, batch, generator) -> (tensor, diagnostics)``;
@@ -40,6 +40,7 @@ class PPOLearner:
                  penalty: Penalty | None = None, reg_coef: float = 0.0, shock: ShockConfig | None = None,
                  shock_warmup: float = 0.0, transform_policy: Callable[[torch.nn.Module], None] | None = None,
                  policy_diagnostics: Callable[[torch.nn.Module], dict[str, float]] | None = None) -> None:
+        cfg.validate()
         self.env, self.cfg = env, cfg
         self.device = env.device
         self.total_iterations = total_iterations

@@ -7,11 +7,14 @@ entropy bonus, the regularizer term ``reg_coef * penalty(policy, batch)``, gradi
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 
 import torch
 
 from agents.policy import MultiAgentActorCritic
 from envs.batch import Batch
+from envs.core import check_positive_int, check_real
 
 
 @dataclasses.dataclass
@@ -37,6 +40,8 @@ class PPOConfig:
     :param normalise_obs: running observation normalisation inside the policy.
     :param normalise_advantages: normalise advantages per minibatch.
     :param reward_scale: rewards are multiplied by this before learning.
+
+    ``validate()`` checks every field (the run config and ``PPOLearner`` call it before anything is built).
     """
 
     num_envs: int = 64
@@ -59,6 +64,32 @@ class PPOConfig:
     normalise_obs: bool = True
     normalise_advantages: bool = True
     reward_scale: float = 1.0
+
+    def validate(self) -> None:
+        """Raise a one-line ValueError naming the first bad field, its value and what is allowed."""
+        for name in ("num_envs", "rollout_steps", "update_epochs", "num_minibatches"):
+            check_positive_int(name, getattr(self, name))
+        for name in ("learning_rate", "clip_coef", "max_grad_norm", "reward_scale"):
+            check_real(name, getattr(self, name), 0.0, low_open=True)
+        for name in ("gamma", "gae_lambda"):
+            check_real(name, getattr(self, name), 0.0, 1.0)
+        for name in ("ent_coef", "vf_coef"):
+            check_real(name, getattr(self, name), 0.0)
+        if isinstance(self.init_log_std, bool) or not isinstance(self.init_log_std, numbers.Real) or not math.isfinite(
+                self.init_log_std):
+            raise ValueError(f"init_log_std must be a finite real number, got {self.init_log_std!r}")
+        for name in ("anneal_lr", "clip_value_loss", "share_parameters", "centralised_critic", "normalise_obs",
+                     "normalise_advantages"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if not isinstance(self.hidden, (tuple, list)):
+            raise ValueError(f"hidden must be a list of positive integers, got {self.hidden!r}")
+        for i, size in enumerate(self.hidden):
+            check_positive_int(f"hidden[{i}]", size)
+        rows = self.num_envs * self.rollout_steps
+        if rows // self.num_minibatches < 2:  # one-row minibatches: the advantages' std is NaN
+            raise ValueError(f"num_minibatches must be at most num_envs x rollout_steps / 2 = {rows // 2} "
+                             f"(minibatches of at least 2 rows), got {self.num_minibatches}")
 
 
 def compute_gae(rewards: torch.Tensor, values: torch.Tensor, next_values: torch.Tensor, dones: torch.Tensor,

@@ -13,7 +13,10 @@ A run directory is the unit of results::
 
 Every file is written to a temporary name and renamed, so a crash or an interrupt never leaves a
 half-written one; ``train(..., resume=True)`` continues from the checkpoint with the same numbers as an
-uninterrupted run.
+uninterrupted run (rows of ``metrics.csv`` and TensorBoard events written after the checkpoint are
+dropped, so each step is logged once), and resuming a finished run changes no file. A damaged file
+(a truncated checkpoint, malformed YAML, CSV or JSON, a checkpoint that does not fit ``config.yaml``) is
+a one-line ``ConfigError`` naming it, raised before anything is written.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from typing import Any, Callable, NamedTuple
 import torch
 import yaml
 
-from agents.config import ConfigError, TrainConfig, device_kind, resolve, to_dict
+from agents.config import ConfigError, TrainConfig, config_errors, device_kind, load_yaml, resolve, to_dict
 from agents.evaluate import summarise
 from agents.learner import PPOLearner
 from agents.policy import MultiAgentActorCritic, make_policy
@@ -64,8 +67,18 @@ def atomic_write_csv(path: pathlib.Path, rows: list[dict[str, Any]], columns: li
     atomic_write(path, write)
 
 
-def save_checkpoint(run_dir: pathlib.Path, learner: PPOLearner) -> None:
-    atomic_write(pathlib.Path(run_dir) / CHECKPOINT, lambda tmp: torch.save(learner.state_dict(), tmp))
+def save_checkpoint(run_dir: pathlib.Path, learner: PPOLearner, metrics: dict[str, float] | None = None) -> None:
+    """The learner's state, and the metrics of its last iteration (the summary's ``final_training``)."""
+    state = learner.state_dict()
+    if metrics is not None:
+        state["metrics"] = {key: float(value) for key, value in metrics.items()}
+    atomic_write(pathlib.Path(run_dir) / CHECKPOINT, lambda tmp: torch.save(state, tmp))
+
+
+def one_line(error: BaseException) -> str:
+    """An exception's message on one line (its lines joined), or its type's name when it has none."""
+    text = "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    return text[:300] or type(error).__name__
 
 
 def read_torch_file(path: pathlib.Path, device: torch.device | str, what: str) -> Any:
@@ -74,8 +87,27 @@ def read_torch_file(path: pathlib.Path, device: torch.device | str, what: str) -
     try:
         return torch.load(path, map_location=device, weights_only=True)
     except Exception as error:  # truncated, empty or garbage bytes fail in many ways inside the unpickler
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ConfigError(f"{path}: not a readable {what} ({reason})") from None
+        raise ConfigError(f"{path}: not a readable {what} ({one_line(error)})") from None
+
+
+def read_json(path: pathlib.Path, what: str) -> Any:
+    """The JSON value in ``path``; an unreadable or malformed file is a one-line ``ConfigError`` naming it."""
+    try:
+        return json.loads(pathlib.Path(path).read_text())
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read the {what} ({error.strerror or error})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ConfigError(f"{path}: not a readable {what} ({one_line(error)})") from None
+
+
+def restore(load: Callable[[Any], Any], state: Any, path: pathlib.Path) -> None:
+    """``load(state)`` (a ``load_state_dict``); a checkpoint that does not fit the run (another size,
+    scenario or method than its ``config.yaml``, missing entries) is a one-line ``ConfigError`` naming ``path``."""
+    try:
+        load(state)
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError) as error:
+        reason = f"no entry {error}" if isinstance(error, KeyError) else one_line(error)
+        raise ConfigError(f"{path}: does not fit the run's {CONFIG} ({reason})") from None
 
 
 def load_checkpoint(run_dir: pathlib.Path, device: str = "cpu") -> dict[str, Any]:
@@ -86,18 +118,48 @@ def load_checkpoint(run_dir: pathlib.Path, device: str = "cpu") -> dict[str, Any
     return read_torch_file(path, device, "checkpoint")
 
 
-class MetricsLog:
-    """CSV (one row per iteration, columns fixed by the first row) plus TensorBoard when installed."""
+def read_metrics(path: pathlib.Path, keep_until_iteration: int) -> list[dict[str, str]]:
+    """The rows of a ``metrics.csv`` up to ``keep_until_iteration`` (rows written after the checkpoint are
+    dropped; no file, no rows); a file that is not a metrics log is a one-line ``ConfigError`` naming it."""
+    if not path.exists():
+        return []
+    try:
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read the metrics log ({error.strerror or error})") from None
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise ConfigError(f"{path}: not a metrics log ({one_line(error)})") from None
+    if "iteration" not in (reader.fieldnames or []):
+        raise ConfigError(f"{path}: not a metrics log (its header {reader.fieldnames!r} has no iteration column)")
+    kept = []
+    for number, row in enumerate(rows, start=1):
+        try:
+            iteration = int(row["iteration"])
+        except (TypeError, ValueError):
+            raise ConfigError(f"{path}: row {number}: iteration {row['iteration']!r} is not an integer") from None
+        if iteration <= keep_until_iteration:
+            if None in row or None in row.values():
+                raise ConfigError(f"{path}: row {number} (iteration {iteration}) has not one cell per column")
+            kept.append(row)
+    return kept
 
-    def __init__(self, run_dir: pathlib.Path, keep_until_iteration: int) -> None:
+
+class MetricsLog:
+    """CSV (one row per iteration, columns fixed by the first row) plus TensorBoard when installed.
+
+    :param rows: the rows kept from before (``read_metrics``), rewritten with the next row.
+    :param purge_step: TensorBoard drops the events logged at this step and later (written after the
+        checkpoint a run resumes from), so each step is logged once.
+    """
+
+    def __init__(self, run_dir: pathlib.Path, rows: list[dict[str, Any]], purge_step: int) -> None:
         self.path = pathlib.Path(run_dir) / METRICS
-        self.rows: list[dict[str, Any]] = []
-        if self.path.exists():  # on resume, drop rows written after the checkpoint
-            with self.path.open() as f:
-                self.rows = [row for row in csv.DictReader(f) if int(row["iteration"]) <= keep_until_iteration]
+        self.rows = list(rows)
         try:
             from torch.utils.tensorboard import SummaryWriter
-            self.tensorboard = SummaryWriter(str(pathlib.Path(run_dir) / "tb"))
+            self.tensorboard = SummaryWriter(str(pathlib.Path(run_dir) / "tb"), purge_step=purge_step)
         except ImportError:
             self.tensorboard = None
 
@@ -124,32 +186,41 @@ def default_run_dir(config: TrainConfig) -> pathlib.Path:
     return pathlib.Path("runs") / f"{config.scenario}-{config.method}-seed{config.seed}-{stamp}"
 
 
+def check_new_run_dir(run_dir: pathlib.Path) -> None:
+    """Refuse a place a new run cannot go: a file, a folder inside a file, a directory holding a run."""
+    for place in (run_dir, *run_dir.parents):
+        if place.exists() and not place.is_dir():
+            raise ConfigError(f"run directory {run_dir}: {place} is a file; choose another --run-dir")
+    if (run_dir / CHECKPOINT).exists():
+        raise ConfigError(f"{run_dir} already holds a run; use --resume {run_dir} or another --run-dir")
+
+
 def create_run(config: TrainConfig, run_dir: pathlib.Path | str | None = None) -> pathlib.Path:
     """Create the run directory (``default_run_dir`` when None) and write its ``config.yaml``; a
     directory that already holds a run (a checkpoint) or is a file is refused."""
     run_dir = default_run_dir(config) if run_dir is None else pathlib.Path(run_dir)
     check_device(config.device)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"run directory {run_dir} is a file; choose another --run-dir")
-    if (run_dir / CHECKPOINT).exists():
-        raise ConfigError(f"{run_dir} already holds a run; use --resume {run_dir} or another --run-dir")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_new_run_dir(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"run directory {run_dir}: cannot create it ({error.strerror or error})") from None
     text = yaml.safe_dump(to_dict(config), sort_keys=False)
     atomic_write(run_dir / CONFIG, lambda tmp: tmp.write_text(text))
     return run_dir
 
 
 def load_config(run_dir: pathlib.Path | str) -> TrainConfig:
-    """The resolved config of a run directory (its ``config.yaml``, validated again)."""
+    """The resolved config of a run directory (its ``config.yaml``, validated again); a missing, empty,
+    malformed or invalid one is a one-line ``ConfigError`` naming it."""
     path = pathlib.Path(run_dir) / CONFIG
     if not path.is_file():
         raise ConfigError(f"{path}: no run config there (is {run_dir} a run directory?)")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML ({getattr(error, 'problem', None) or error})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of config fields, got {type(data).__name__}")
+    data = load_yaml(path, str(path))
+    missing = [key for key in ("scenario", "size", "method") if key not in data]
+    if missing:
+        raise ConfigError(f"{path}: not a run config (no {', '.join(missing)}); a run directory's {CONFIG} "
+                          f"holds the run's resolved config")
     try:
         return resolve(data)
     except ConfigError as error:
@@ -171,11 +242,9 @@ def build_learner(config: TrainConfig) -> PPOLearner:
     """The learner of a run config: environments, policy (with the method's architecture), penalty,
     adversarial rollouts, optimizer; seeded by ``config.seed``."""
     check_device(config.device)
-    try:
+    with config_errors("env: "):
         env = TorchVectorEnv(config.scenario, num_envs=config.ppo.num_envs, device=config.device,
                              seed=config.seed, **config.env)
-    except ValueError as error:
-        raise ConfigError(f"env: {error}") from None
     agent_steps_per_iteration = config.ppo.num_envs * config.ppo.rollout_steps * env.n_agents
     iterations = max(1, math.ceil(config.total_agent_steps / agent_steps_per_iteration))
     method = config.method_spec
@@ -215,20 +284,56 @@ def train(config: TrainConfig, run_dir: pathlib.Path | str, resume: bool = False
     files; returns the summary when finished, None when stopped early.
 
     A fresh run (``resume=False``) creates the directory and its ``config.yaml`` (``create_run``); with
-    ``resume=True`` it continues from the directory's checkpoint (pass ``load_config(run_dir)``).
+    ``resume=True`` it continues from the directory's checkpoint (pass ``load_config(run_dir)``), and on a
+    finished run returns its ``summary.json`` unchanged. Every file the run reads is checked (one-line
+    ``ConfigError``) before anything is written.
     """
     run_dir = pathlib.Path(run_dir)
     check_device(config.device)
     if resume:
         state = load_checkpoint(run_dir, config.device)
     else:
-        create_run(config, run_dir)
+        check_new_run_dir(run_dir)
     learner = build_learner(config)
+    rows: list[dict[str, Any]] = []
+    metrics: dict[str, float] = {}
     if resume:
-        learner.load_state_dict(state)
-    log = MetricsLog(run_dir, keep_until_iteration=learner.iteration)
+        restore(learner.load_state_dict, state, run_dir / CHECKPOINT)
+        if learner.iteration >= learner.total_iterations and (run_dir / SUMMARY).exists():
+            return read_summary(run_dir)  # resuming a finished run changes no file
+        rows = read_metrics(run_dir / METRICS, learner.iteration)
+        metrics = state.get("metrics", {})  # the last iteration's, for the summary of a run killed after it
+    else:
+        create_run(config, run_dir)
     stop_at = learner.total_iterations if max_iterations is None else min(
         learner.total_iterations, learner.iteration + max_iterations)
+    if learner.iteration < stop_at or not resume:
+        metrics = run_iterations(config, learner, run_dir, rows, stop_at, progress) or metrics
+    if learner.iteration < learner.total_iterations:
+        print(f"stopped at iteration {learner.iteration}/{learner.total_iterations}; "
+              f"continue with: python train.py --resume {run_dir}")
+        return None
+    summary = summarise(learner, config)
+    summary["final_training"] = {key: value for key, value in metrics.items() if key.startswith("charts/")}
+    text = json.dumps(summary, indent=2)
+    atomic_write(run_dir / SUMMARY, lambda tmp: tmp.write_text(text))
+    return summary
+
+
+def read_summary(run_dir: pathlib.Path | str) -> dict[str, Any]:
+    """The ``summary.json`` of a finished run (a one-line ``ConfigError`` naming a damaged one)."""
+    path = pathlib.Path(run_dir) / SUMMARY
+    summary = read_json(path, "run summary")
+    if not isinstance(summary, dict):
+        raise ConfigError(f"{path}: not a run summary (a JSON {type(summary).__name__}, not an object)")
+    return summary
+
+
+def run_iterations(config: TrainConfig, learner: PPOLearner, run_dir: pathlib.Path, rows: list[dict[str, Any]],
+                   stop_at: int, progress: bool) -> dict[str, float]:
+    """Train until iteration ``stop_at`` or Ctrl-C, logging every iteration after ``rows`` (the log kept
+    from before) and checkpointing; returns the last iteration's metrics (empty if none ran)."""
+    log = MetricsLog(run_dir, rows, purge_step=learner.agent_steps + 1)
     metrics: dict[str, float] = {}
     with StopRequest() as stop, progress_bar(disable=not progress) as bar:
         task = bar.add_task(f"{config.scenario}/{config.method}/seed{config.seed}", total=learner.total_iterations,
@@ -241,18 +346,10 @@ def train(config: TrainConfig, run_dir: pathlib.Path | str, resume: bool = False
                       f"{metrics['perf/agent_steps_per_second']:,.0f} agent-steps/s")
             bar.update(task, completed=learner.iteration, status=status)
             if learner.iteration % config.checkpoint_every == 0 or stop.requested:
-                save_checkpoint(run_dir, learner)
-    save_checkpoint(run_dir, learner)
+                save_checkpoint(run_dir, learner, metrics)
+    save_checkpoint(run_dir, learner, metrics or None)
     log.close()
-    if learner.iteration < learner.total_iterations:
-        print(f"stopped at iteration {learner.iteration}/{learner.total_iterations}; "
-              f"continue with: python train.py --resume {run_dir}")
-        return None
-    summary = summarise(learner, config)
-    summary["final_training"] = {key: value for key, value in metrics.items() if key.startswith("charts/")}
-    text = json.dumps(summary, indent=2)
-    atomic_write(run_dir / SUMMARY, lambda tmp: tmp.write_text(text))
-    return summary
+    return metrics
 
 
 class TrainedRun(NamedTuple):
@@ -268,17 +365,15 @@ def load_run(run_dir: pathlib.Path | str, device: str = "cpu") -> TrainedRun:
     directory, rebuilt from ``config.yaml`` and the checkpoint's policy weights only."""
     config = load_config(run_dir)
     check_device(device)
-    try:
+    with config_errors("env: "):
         scenario = make_scenario(config.scenario, device=device, **config.env)
-    except ValueError as error:
-        raise ConfigError(f"env: {error}") from None
     with torch.random.fork_rng(devices=[]):  # building draws initial weights: leave the caller's generator alone
         policy = make_policy(scenario, config.ppo)
         method = config.method_spec
         if method.transform_policy is not None:
             method.transform_policy(policy, config.reg)
-    state = load_checkpoint(run_dir, device)["policy"]
-    policy.load_state_dict(state)
+    path = pathlib.Path(run_dir) / CHECKPOINT
+    restore(lambda state: policy.load_state_dict(state["policy"]), load_checkpoint(run_dir, device), path)
     policy.eval()
     return TrainedRun(config, scenario, policy)
 

@@ -25,7 +25,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from agents.config import ConfigError, parse_overrides, resolve
+from agents.cli import OneLineParser
+from agents.config import ConfigError, config_errors, parse_overrides, resolve
 from agents.run import atomic_write_csv, check_device, load_run
 from envs.core import make_scenario
 from robustness.adversary import saved_adversaries
@@ -34,8 +35,8 @@ from robustness.evaluate import AttackGrid, evaluate_under_attacks
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     defaults = AttackGrid()
-    parser = argparse.ArgumentParser(prog="python -m robustness.attack", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="python -m robustness.attack", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("policy", type=pathlib.Path, help="a run directory (train.py) or an SB3 model .zip")
     parser.add_argument("--attacks", nargs="+", default=list(defaults.attacks), help="attacks of the suite")
     parser.add_argument("--modes", nargs="+", default=list(defaults.modes), help="shared and/or per_agent")
@@ -53,7 +54,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--scenario", help="SB3 model: the scenario it was trained on")
     parser.add_argument("--size", default="default", help="SB3 model: the scenario's size")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
                         help="SB3 model: config fields of the scenario (env.n_agents=4 ...)")
     parser.add_argument("--out", type=pathlib.Path, help="also write the rows to this CSV")
     return parser.parse_args(argv)
@@ -78,7 +79,8 @@ def load_victim(args: argparse.Namespace):
         from agents.sb3 import SB3Policy
     except ImportError as error:
         raise ConfigError(f"attacking an SB3 model needs the sb3 extra ({error})") from None
-    scenario = make_scenario(config.scenario, device=args.device, **config.env)
+    with config_errors("env: "):
+        scenario = make_scenario(config.scenario, device=args.device, **config.env)
     return scenario, SB3Policy(PPO.load(args.policy, device=args.device), scenario)
 
 
@@ -99,18 +101,16 @@ def attack_table(rows: list[dict[str, Any]], title: str) -> Table:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        try:
+        with config_errors():
             grid = AttackGrid(attacks=tuple(args.attacks), modes=tuple(args.modes), eps=tuple(args.eps),
                               steps=args.steps, norm=args.norm, episodes=args.episodes, rule=args.rule,
                               restarts=args.restarts, candidates=args.candidates,
                               learned_eps=None if args.learned_eps is None else tuple(args.learned_eps),
                               learned_steps=args.learned_steps)
-        except ConfigError:
-            raise
-        except ValueError as error:
-            raise ConfigError(str(error)) from None
         if args.out is not None and args.out.is_dir():
             raise ConfigError(f"--out {args.out} is a directory; give a CSV file name")
+        if args.out is not None and not args.out.parent.is_dir():
+            raise ConfigError(f"--out {args.out}: folder {args.out.parent} does not exist")
         scenario, policy = load_victim(args)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -8,10 +8,12 @@ import pathlib
 import shlex
 import sys
 
-from agents.config import ConfigError
+from agents.cli import OneLineParser
+from agents.config import SIZES, ConfigError, config_errors
 from agents.progress import progress_bar
+from envs.core import check_positive_int
 from robustness import ReportError
-from robustness.runner import BACKENDS, PRESETS, BenchmarkConfig, run_grid
+from robustness.runner import BACKENDS, PRESETS, BenchmarkConfig, parse_sweep, run_grid
 
 DESCRIPTION = """Robustness benchmark: train every (scenario, method, lambda, seed) cell of a grid, attack it,
 diagnose it, and report IQMs with bootstrap confidence intervals.
@@ -23,18 +25,24 @@ diagnose it, and report IQMs with bootstrap confidence intervals.
 Results go to --out (default results/<preset>): run.json (command and grid),
 cells/<cell>.json, runs/<cell>/ (run directories, as train.py writes them), evaluations.csv,
 diagnostics.csv and report/ (tables and figures). Run the same command again after an
-interruption: finished cells are kept, a crashed cell resumes from its checkpoint."""
+interruption: finished cells are kept, a crashed cell resumes from its checkpoint. A bad value is one
+line naming it and what is allowed (exit code 2), refused before anything is trained or written."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="smoke", choices=sorted(PRESETS))
     parser.add_argument("--out", type=pathlib.Path, help="results directory (default results/<preset>)")
     parser.add_argument("--scenarios", nargs="+", help="override the preset's scenarios")
     parser.add_argument("--methods", nargs="+", help="override the preset's methods")
     parser.add_argument("--seeds", type=int, nargs="+", help="override the preset's seeds")
     parser.add_argument("--reg-coefs", type=float, nargs="+", help="override the preset's lambda values")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--reg-budgets", type=float, nargs="+",
+                        help="override the preset's hinge budgets gamma (0: the squared penalty)")
+    parser.add_argument("--sweep", nargs="+", metavar="METHOD:FIELD=V,V",
+                        help="a method's own lambdas or budgets, e.g. aajr:reg_budgets=0.1,0.3 spectral:reg_coefs=1,10")
+    parser.add_argument("--size", choices=SIZES, help="override the preset's config size")
+    parser.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
                         help="config overrides of the cells (e.g. total_agent_steps=1e5 reg.steps=2); reg.* reach "
                              "the methods with that setting, shock.* the adversarial ones")
     parser.add_argument("--attacks", nargs="+",
@@ -51,24 +59,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def grid_config(args: argparse.Namespace) -> BenchmarkConfig:
-    """The preset with the command line's changes, validated (``ConfigError``)."""
+    """The preset with the command line's changes, validated (``ConfigError``; ``--reps`` as well)."""
     config = PRESETS[args.preset]
     changes = {name: tuple(value) for name, value in (("scenarios", args.scenarios), ("methods", args.methods),
-                                                       ("seeds", args.seeds), ("reg_coefs", args.reg_coefs))
+                                                       ("seeds", args.seeds), ("reg_coefs", args.reg_coefs),
+                                                       ("reg_budgets", args.reg_budgets))
                if value is not None}
+    if args.size is not None:
+        changes["size"] = args.size
+    if args.sweep:
+        changes["sweeps"] = tuple(parse_sweep(text) for text in args.sweep)
     if args.set:
         changes["overrides"] = config.overrides + tuple(args.set)
     attack = {name: tuple(value) if isinstance(value, list) else value
               for name, value in (("attacks", args.attacks), ("modes", args.modes), ("eps", args.eps),
                                   ("episodes", args.episodes)) if value is not None}
-    try:
+    with config_errors():  # the grids' own checks name the field
+        check_positive_int("reps", args.reps)  # the report's, refused before the grid trains
         if attack:
             changes["attack"] = dataclasses.replace(config.attack, **attack)
         return dataclasses.replace(config, **changes)
-    except ConfigError:
-        raise
-    except ValueError as error:  # the attack grid's own checks name the field
-        raise ConfigError(str(error)) from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,8 +3,8 @@
 Reads ``RESULTS_DIR/evaluations.csv``, ``diagnostics.csv`` and ``run.json`` (written by the grid
 runner) and writes into ``RESULTS_DIR/report/``:
 
-* ``robustness.md/.csv``: per scenario and (attack, mode), per method (x reg_coef lambda when a
-  method has several) and eps: IQM [95% CI] over seeds of ``return_per_agent`` and
+* ``robustness.md/.csv``: per scenario and (attack, mode), per setting (method, with its lambda and
+  hinge budget gamma when it has several; ``budget`` 0 is the squared penalty) and eps: IQM [95% CI] over seeds of ``return_per_agent`` and
   ``ratio_to_reference``;
 * ``attacks.md/.csv``: per scenario, attack, shock mode and method: the budget use ``||delta|| / eps``
   of every attack (IQM [CI]); which attack was the worst case, counted over seeds; and the
@@ -16,10 +16,13 @@ runner) and writes into ``RESULTS_DIR/report/``:
   eps > 0, the Price of Robustness ``PoR = R_ppo(0) - R(0)`` (nominal return lost relative to plain
   PPO) and the robust gain ``G(eps) = R(eps) - R_ppo(eps)``, both paired per seed (same scenario,
   same seed) before the IQM [CI] is taken;
-* ``diagnostics.md/.csv``: IQM [CI] of every theory diagnostic per scenario x method;
+* ``tradeoff.md/.csv``: per scenario and eps, Delta PoR of AAJR against each global method at matched
+  worst-case robustness (``robustness.pareto``: each method's front over its settings, per seed; IQM
+  [CI] over seeds), and Corollary 1's paired nominal difference AAJR - spectral at equal hinge budgets;
+* ``diagnostics.md/.csv``: IQM [CI] of every theory diagnostic per scenario x setting;
 * ``robustness_<scenario>_<attack>_<mode>.png`` (return vs eps, CI bands), ``pareto_<scenario>.png``
-  (nominal vs robust return at the largest eps, CI error bars), ``amplification_<scenario>.png``
-  (``||J u||`` vs ``||J||_2`` per cell, y = x line);
+  (nominal vs robust return, one panel per eps: per-seed points and a line per method across its
+  settings), ``amplification_<scenario>.png`` (``||J u||`` vs ``||J P||_2`` per cell, y = x line);
 * ``index.md``: links to everything, the figures with their captions, and the provenance.
 
 CSV tables are long ("tidy"): the key columns, then ``quantity, iqm, ci_low, ci_high, n`` (n = seeds
@@ -42,15 +45,18 @@ import shlex
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
 from regularizers import METHODS
 from robustness import MissingResultsError, ReportError
 from robustness.diagnostics import GAMMAS
-from robustness.stats import BOOTSTRAP_SEED, CONFIDENCE, REPS, Estimate, aggregate, describe, differences_to_baseline
+from robustness.pareto import matched_por_difference, pareto_front
+from robustness.stats import (BOOTSTRAP_SEED, CONFIDENCE, REPS, Estimate, aggregate, describe, differences_to_baseline,
+                              iqm_ci)
 
-CELL = ("scenario", "method", "reg_coef", "seed")
+CELL = ("scenario", "method", "reg_coef", "budget", "seed")
 EVAL_KEYS = (*CELL, "attack", "mode", "eps")
 EVAL_VALUES = ("return_per_agent", "system_loss", "ratio_to_reference", "ratio_higher_is_better", "budget_use",
                "worst_attack")
@@ -61,11 +67,14 @@ TEXT_COLUMNS = ("scenario", "method", "attack", "mode", "worst_attack")
 HEADLINE_ATTACK = "worst"
 INTEGER_COLUMNS = ("seed", "ratio_higher_is_better", "eval_states")
 BASELINE = "ppo"
-ROBUSTNESS_KEYS = ("scenario", "attack", "mode", "method", "reg_coef", "eps")
+FOCUS = "aajr"  # the method compared with each global one at matched robustness
+GLOBAL_METHODS = ("jacobian", "spectral", "specnorm")
+COROLLARY_BASELINE = "spectral"  # Corollary 1: the directional against the global budget of the same size
+ROBUSTNESS_KEYS = ("scenario", "attack", "mode", "method", "reg_coef", "budget", "eps")
 ROBUSTNESS_QUANTITIES = {"return_per_agent": "Return per agent (higher is better)",
                          "ratio_to_reference": "Ratio to reference"}
-PRICE_KEYS = ("scenario", "method", "reg_coef", "eps")
-DIAGNOSTIC_KEYS = ("scenario", "method", "reg_coef")
+PRICE_KEYS = ("scenario", "method", "reg_coef", "budget", "eps")
+DIAGNOSTIC_KEYS = ("scenario", "method", "reg_coef", "budget")
 
 
 def read_table(path: pathlib.Path, keys: Sequence[str], values: Sequence[str]) -> list[dict[str, Any]]:
@@ -144,26 +153,36 @@ def unique(values: Iterable[Any]) -> list[Any]:
     return list(dict.fromkeys(values))
 
 
-def method_key(cell: tuple[str, float]) -> tuple:
-    """Sort key of a (method, reg_coef) pair: the method's place in the registry (``regularizers.METHODS``)
-    first, then by name, then by lambda."""
-    method, coef = cell
+def method_key(cell: tuple[str, float, float]) -> tuple:
+    """Sort key of a (method, reg_coef, budget) setting: the method's place in the registry
+    (``regularizers.METHODS``) first, then by name, then by lambda, then by hinge budget gamma."""
+    method, coef, budget = cell
     order = list(METHODS)
-    return (order.index(method) if method in order else len(order), method, coef)
+    return (order.index(method) if method in order else len(order), method, coef, budget)
 
 
 class Labels:
-    """Method labels per scenario: ``method``, or ``method λ=coef`` when it has several reg_coef."""
+    """Setting labels per scenario: ``method``, with ``λ=coef`` when the method has several lambdas and
+    ``γ=budget`` when it has several hinge budgets (budget 0: the squared penalty)."""
 
     def __init__(self, rows: Iterable[dict[str, Any]]):
-        self.cells: dict[str, list[tuple[str, float]]] = {}
+        self.cells: dict[str, list[tuple[str, float, float]]] = {}
         for row in rows:
-            self.cells.setdefault(row["scenario"], []).append((row["method"], row["reg_coef"]))
+            self.cells.setdefault(row["scenario"], []).append((row["method"], row["reg_coef"], row["budget"]))
         self.cells = {scenario: sorted(set(cells), key=method_key) for scenario, cells in self.cells.items()}
 
-    def __call__(self, scenario: str, method: str, coef: float) -> str:
-        several = sum(m == method for m, _ in self.cells[scenario]) > 1
-        return f"{method} λ={coef:g}" if several else method
+    def __call__(self, scenario: str, method: str, coef: float, budget: float = 0.0) -> str:
+        settings = [(c, b) for m, c, b in self.cells[scenario] if m == method]
+        label = method
+        if len({c for c, _ in settings}) > 1:
+            label += f" λ={coef:g}"
+        if len({b for _, b in settings}) > 1 or budget > 0:
+            label += f" γ={budget:g}"
+        return label
+
+    def methods(self, scenario: str) -> list[str]:
+        """The scenario's methods in report order."""
+        return unique(method for method, _, _ in self.cells[scenario])
 
 
 def fmt(estimate: Estimate | None) -> str:
@@ -214,12 +233,12 @@ def attack_tables(evals: list[dict[str, Any]], labels: Labels, reps: int) -> tup
     """Markdown and CSV rows of the attack table: budget use per attack, the worst attack's counts over
     seeds, and the gradient-masking warnings (``random_search`` below ``system`` PGD beyond noise)."""
     attacked = [row for row in evals if row["eps"] > 0 and row["attack"] not in ("none", HEADLINE_ATTACK)]
-    keys = ("scenario", "attack", "mode", "method", "reg_coef", "eps")
+    keys = ROBUSTNESS_KEYS
     use = aggregate(attacked, "budget_use", keys, reps)
     csv_rows = estimate_rows(use, keys, "budget_use")
     warnings = masking_warnings(evals, reps)
     csv_rows += [{"scenario": w["scenario"], "attack": "random_search", "mode": w["mode"], "method": w["method"],
-                  "reg_coef": w["reg_coef"], "eps": w["eps"], "quantity": "masking_gap", "iqm": w["gap"].iqm,
+                  "reg_coef": w["reg_coef"], "budget": w["budget"], "eps": w["eps"], "quantity": "masking_gap", "iqm": w["gap"].iqm,
                   "ci_low": w["gap"].lo, "ci_high": w["gap"].hi, "n": w["gap"].n} for w in warnings]
     markdown = ["Budget use: ||δ|| / ε of the shocks each attack applied (1: the boundary of the ball), IQM [95% CI] "
                 "over seeds. A gradient attack far below 1 is a finding about the attack, not about the policy.\n\n"]
@@ -244,33 +263,34 @@ def attack_tables(evals: list[dict[str, Any]], labels: Labels, reps: int) -> tup
                         "`system` attack by more than noise (return difference, paired per seed, IQM [95% CI] < 0): "
                         "PGD's gradients mislead it on these policies.\n\n" + markdown_table(
                             ["scenario", "method", "mode", "ε", "return difference"],
-                            [[w["scenario"], labels(w["scenario"], w["method"], w["reg_coef"]), w["mode"],
+                            [[w["scenario"], labels(w["scenario"], w["method"], w["reg_coef"], w["budget"]), w["mode"],
                               f"{w['eps']:g}", str(w["gap"])] for w in warnings]))
     else:
         markdown.append("None: wherever both were evaluated, `random_search` did not beat PGD beyond noise.\n\n")
     return "".join(markdown), csv_rows
 
 
-def worst_counts(worst: list[dict[str, Any]], scenario: str, mode: str, cell: tuple[str, float], eps: float) -> str:
+def worst_counts(worst: list[dict[str, Any]], scenario: str, mode: str, cell: tuple[str, float, float],
+                 eps: float) -> str:
     """``"system 3, action 2"``: how often each attack was the worst case over the seeds of a cell."""
     names = [row["worst_attack"] for row in worst if (row["scenario"], row["mode"], row["eps"]) == (scenario, mode, eps)
-             and (row["method"], row["reg_coef"]) == cell]
+             and (row["method"], row["reg_coef"], row["budget"]) == cell]
     return ", ".join(f"{name} {names.count(name)}" for name in sorted(set(names), key=names.count, reverse=True)) or "–"
 
 
 def masking_warnings(evals: list[dict[str, Any]], reps: int) -> list[dict[str, Any]]:
-    """Cells (scenario, method, reg_coef, mode, eps) where ``random_search``'s return minus ``system``'s,
-    paired per seed, has its 95% CI below 0."""
+    """Cells (scenario, method, reg_coef, budget, mode, eps) where ``random_search``'s return minus
+    ``system``'s, paired per seed, has its 95% CI below 0."""
     pairs: dict[tuple, dict[str, float]] = {}
     for row in evals:
         if row["attack"] in ("random_search", "system") and row["eps"] > 0:
-            key = (row["scenario"], row["method"], row["reg_coef"], row["mode"], row["eps"], row["seed"])
+            key = tuple(row[k] for k in (*CELL[:-1], "mode", "eps", "seed"))
             pairs.setdefault(key, {})[row["attack"]] = row["return_per_agent"]
-    gaps = [{"scenario": key[0], "method": key[1], "reg_coef": key[2], "mode": key[3], "eps": key[4], "seed": key[5],
-             "gap": both["random_search"] - both["system"]} for key, both in pairs.items() if len(both) == 2]
+    keys = (*CELL[:-1], "mode", "eps")
+    gaps = [{**dict(zip((*keys, "seed"), key)), "gap": both["random_search"] - both["system"]}
+            for key, both in pairs.items() if len(both) == 2]
     if not gaps:
         return []
-    keys = ("scenario", "method", "reg_coef", "mode", "eps")
     return [{**dict(zip(keys, key)), "gap": estimate} for key, estimate in aggregate(gaps, "gap", keys, reps).items()
             if estimate.hi < 0]
 
@@ -357,18 +377,103 @@ def robustness_figure(estimates: dict, labels: Labels, scenario: str, attack: st
     return fig
 
 
-def pareto_figure(estimates: dict, labels: Labels, scenario: str, eps: float) -> Figure:
-    fig = Figure(figsize=(5, 4))
-    ax = fig.add_subplot()
-    for index, cell in enumerate(labels.cells[scenario]):
-        x = estimates["nominal_return"].get((scenario, *cell, 0.0))
-        y = estimates["robust_return"].get((scenario, *cell, eps))
-        if x is not None and y is not None:
-            ax.errorbar(x.iqm, y.iqm, xerr=[[x.iqm - x.lo], [x.hi - x.iqm]], yerr=[[y.iqm - y.lo], [y.hi - y.iqm]],
-                        fmt="o", capsize=3, color=style(index)["color"], label=labels(scenario, *cell))
-    ax.set(xlabel="nominal return per agent (ε=0)", ylabel=f"robust return per agent (ε={eps:g})",
-           title=f"{scenario}: nominal vs robust")
-    ax.legend(fontsize="small")
+def setting_points(evals: list[dict[str, Any]], attack: str, mode: str) -> dict[tuple, dict[tuple, tuple]]:
+    """Per (scenario, eps > 0, method, seed): ``{(reg_coef, budget): (robust return, nominal return)}``
+    under ``attack``/``mode``, the nominal return being that of the same run at eps = 0."""
+    rows = [row for row in evals if (row["attack"], row["mode"]) == (attack, mode)]
+    nominal = {tuple(row[k] for k in CELL): row["return_per_agent"] for row in rows if row["eps"] == 0}
+    points: dict[tuple, dict[tuple, tuple]] = {}
+    for row in rows:
+        cell = tuple(row[k] for k in CELL)
+        if row["eps"] > 0 and cell in nominal:
+            key = (row["scenario"], row["eps"], row["method"], row["seed"])
+            points.setdefault(key, {})[(row["reg_coef"], row["budget"])] = (row["return_per_agent"], nominal[cell])
+    return points
+
+
+def tradeoff_tables(evals: list[dict[str, Any]], labels: Labels, attack: str, mode: str,
+                    reps: int) -> tuple[str, list[dict]]:
+    """Markdown and CSV rows of the comparison at matched robustness (``robustness.pareto``): per scenario
+    and eps, Delta PoR of ``aajr`` against each global method (its front over its settings against the
+    other's, per seed; IQM [CI] over the seeds whose fronts overlap); and Corollary 1's paired nominal
+    difference ``R_aajr(0) - R_spectral(0)`` at equal (lambda, gamma > 0)."""
+    points = setting_points(evals, attack, mode)
+    markdown = [(f"Attack: `{attack}`, `{mode}` shock. ΔPoR(aajr, G) = mean over the robustness levels both fronts "
+                 "reach of N_G(r) - N_aajr(r), the nominal return a method keeps at worst-case robust return r "
+                 "(each method's non-dominated settings, interpolated linearly, per seed): < 0 means AAJR pays "
+                 "less nominal return than G for the same robustness. n: seeds whose fronts overlap, of all "
+                 "seeds.\n\n")]
+    csv_rows: list[dict[str, Any]] = []
+    body = []
+    for scenario, eps in unique(key[:2] for key in points):
+        methods = {key[2] for key in points if key[:2] == (scenario, eps)}
+        if FOCUS not in methods:
+            continue
+        for other in (m for m in GLOBAL_METHODS if m in methods):
+            seeds = sorted({key[3] for key in points if key[:3] == (scenario, eps, FOCUS)}
+                           & {key[3] for key in points if key[:3] == (scenario, eps, other)})
+            differences = []
+            for seed in seeds:
+                fronts = [pareto_front(*np.array(list(points[(scenario, eps, m, seed)].values())).T)
+                          for m in (FOCUS, other)]
+                differences.append(matched_por_difference(*fronts))
+            valid = [d for d in differences if np.isfinite(d)]
+            estimate = iqm_ci(np.array(valid), f"ΔPoR {scenario} ε={eps:g} {other}", reps) if valid else None
+            body.append([scenario, f"{eps:g}", other, fmt(estimate), f"{len(valid)} of {len(seeds)}"])
+            if estimate is not None:
+                csv_rows.append({"scenario": scenario, "eps": eps, "method": FOCUS, "against": other,
+                                 "quantity": "delta_por_matched", "iqm": estimate.iqm, "ci_low": estimate.lo,
+                                 "ci_high": estimate.hi, "n": estimate.n})
+    markdown.append("## ΔPoR at matched worst-case robustness\n\n" + (markdown_table(
+        ["scenario", "ε", "against", "ΔPoR(aajr, G)", "n"], body) if body else
+        f"Not computed: the grid needs `{FOCUS}` and one of {', '.join(GLOBAL_METHODS)}.\n\n"))
+    nominal = [row for row in evals if (row["attack"], row["mode"]) == (attack, mode) and row["eps"] == 0]
+    by_seed = {tuple(row[k] for k in CELL): row["return_per_agent"] for row in nominal}
+    pairs = []
+    for (scenario, method, coef, budget, seed), value in by_seed.items():
+        twin = by_seed.get((scenario, COROLLARY_BASELINE, coef, budget, seed))
+        if method == FOCUS and budget > 0 and twin is not None:
+            pairs.append({"scenario": scenario, "reg_coef": coef, "budget": budget, "seed": seed,
+                          "difference": value - twin})
+    markdown.append(f"## Corollary 1: nominal return of {FOCUS} minus {COROLLARY_BASELINE} at equal hinge budget γ\n\n")
+    if pairs:
+        estimates = aggregate(pairs, "difference", ("scenario", "reg_coef", "budget"), reps)
+        csv_rows += estimate_rows(estimates, ("scenario", "reg_coef", "budget"), "nominal_difference_equal_budget")
+        markdown.append("R_aajr(0) - R_spectral(0), paired per seed, same λ and γ: > 0 means the directional budget "
+                        "keeps more nominal return than the global one of the same size.\n\n" + markdown_table(
+                            ["scenario", "λ", "γ", "difference"],
+                            [[key[0], f"{key[1]:g}", f"{key[2]:g}", str(e)] for key, e in estimates.items()]))
+    else:
+        markdown.append(f"Not computed: the grid has no {FOCUS} and {COROLLARY_BASELINE} runs with the same hinge "
+                        "budget γ > 0.\n\n")
+    return "".join(markdown), csv_rows
+
+
+def tradeoff_figure(evals: list[dict[str, Any]], price: dict, labels: Labels, scenario: str, attack: str,
+                    mode: str) -> Figure:
+    """Per eps > 0, nominal against robust return: per-seed points, and per method a line through its
+    settings' IQMs (sorted by nominal return)."""
+    points = setting_points(evals, attack, mode)
+    grid = sorted(unique(key[1] for key in points if key[0] == scenario))
+    fig = Figure(figsize=(4.5 * len(grid), 4))
+    for column, eps in enumerate(grid):
+        ax = fig.add_subplot(1, len(grid), column + 1)
+        for index, method in enumerate(labels.methods(scenario)):
+            seeds = [value for key, settings in points.items() if key[:3] == (scenario, eps, method)
+                     for value in settings.values()]
+            if not seeds:
+                continue
+            color = style(index)["color"]
+            ax.scatter([n for _, n in seeds], [r for r, _ in seeds], s=10, alpha=0.35, color=color)
+            line = sorted((price["nominal_return"][(scenario, m, c, b, 0.0)].iqm,
+                           price["robust_return"][(scenario, m, c, b, eps)].iqm)
+                          for m, c, b in labels.cells[scenario] if m == method
+                          and (scenario, m, c, b, eps) in price["robust_return"]
+                          and (scenario, m, c, b, 0.0) in price["nominal_return"])
+            ax.plot([x for x, _ in line], [y for _, y in line], marker="o", label=method, **style(index))
+        ax.set(xlabel="nominal return per agent (ε=0)", ylabel=f"robust return per agent (ε={eps:g})",
+               title=f"{scenario}: ε={eps:g}, {attack} attack")
+        ax.legend(fontsize="small")
     return fig
 
 
@@ -377,13 +482,14 @@ def amplification_figure(diags: list[dict[str, Any]], labels: Labels, scenario: 
     ax = fig.add_subplot()
     rows = [row for row in diags if row["scenario"] == scenario]
     for index, cell in enumerate(labels.cells[scenario]):
-        cell_rows = [row for row in rows if (row["method"], row["reg_coef"]) == cell]
+        cell_rows = [row for row in rows if (row["method"], row["reg_coef"], row["budget"]) == cell]
         if cell_rows:
             ax.scatter([row["global_norm_mean"] for row in cell_rows], [row["jvp_norm_mean"] for row in cell_rows],
                        color=style(index)["color"], label=labels(scenario, *cell))
     top = max(max(row["global_norm_mean"], row["jvp_norm_mean"]) for row in rows)
     ax.plot([0, top], [0, top], color="grey", linestyle="--", linewidth=1, label="y = x")
-    ax.set(xlabel="global ||J||_2 (mean over states)", ylabel="directional ||J u|| (mean along PGA)",
+    ax.set(xlabel="global ||J P||_2 over the shock channels (mean over states)",
+           ylabel="directional ||J u|| (mean along PGA)",
            title=f"{scenario}: amplification per cell")
     ax.legend(fontsize="small")
     return fig
@@ -428,10 +534,12 @@ def write_report(results_dir: str | pathlib.Path, reps: int = REPS, attack: str 
     markdown, csv_rows, price = price_tables(evals, labels, attack, mode, reps)
     table("price_of_robustness", "Price of Robustness", markdown, csv_rows)
     for scenario in unique(key[0] for key in price["robust_return"]):
-        eps = max(key[-1] for key in price["robust_return"] if key[0] == scenario)
-        figure(scenario, pareto_figure(price, labels, scenario, eps), f"pareto_{scenario}.png",
-               f"{scenario}: nominal return (ε=0) vs robust return (ε={eps:g}, {attack} attack, {mode} shock) "
-               "per method, IQM with 95% CI error bars.")
+        figure(scenario, tradeoff_figure(evals, price, labels, scenario, attack, mode), f"pareto_{scenario}.png",
+               f"{scenario}: nominal return (ε=0) against robust return under the {attack} attack ({mode} shock), "
+               "one panel per ε: small points are single runs (seed x setting), lines join each method's settings "
+               "(IQM over seeds).")
+    markdown, csv_rows = tradeoff_tables(evals, labels, attack, mode, reps)
+    table("tradeoff", "Matched-robustness comparison and Corollary 1", markdown, csv_rows)
     markdown, csv_rows = diagnostics_tables(diags, labels, reps)
     table("diagnostics", "Theory diagnostics", markdown, csv_rows)
     for scenario in unique(row["scenario"] for row in diags):
@@ -449,6 +557,7 @@ def write_index(out: pathlib.Path, provenance: Provenance,
     for name, title in (("robustness", "Robustness: return and ratio to reference vs ε per attack and method"),
                         ("attacks", "Attacks: budget use, the worst attack per seed, gradient-masking warnings"),
                         ("price_of_robustness", "Price of Robustness: nominal return lost vs robust return gained"),
+                        ("tradeoff", "ΔPoR at matched robustness (AAJR against each global method), Corollary 1"),
                         ("diagnostics", "Theory diagnostics: amplification, budget, curvature, PGA stability")):
         lines.append(f"- [{title}]({name}.md) ([CSV]({name}.csv), provenance: "
                      f"[{name}.provenance.json]({name}.provenance.json))\n")

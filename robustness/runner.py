@@ -20,12 +20,13 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from agents.config import ConfigError, parse_overrides, resolve
-from agents.run import CHECKPOINT, atomic_write, atomic_write_csv, load_config, load_run, train
-from envs.core import SCENARIOS
+from agents.config import SIZES, ConfigError, TrainConfig, check_run_seed, config_errors, parse_overrides, resolve
+from agents.run import (CHECKPOINT, CONFIG, atomic_write, atomic_write_csv, check_device, load_config, load_run,
+                        read_json, train)
+from envs.core import SCENARIOS, check_choice, check_positive_int, check_real
 from regularizers import METHODS
 from robustness.adversary import saved_adversaries
-from robustness.diagnostics import evaluation_states, theory_diagnostics
+from robustness.diagnostics import evaluation_states, in_float64, step_size_sweep, theory_diagnostics
 from robustness.evaluate import AttackGrid, evaluate_under_attacks
 
 BACKENDS = ("local", "ray")
@@ -39,6 +40,10 @@ class BenchmarkConfig:
     :param methods: training methods (``regularizers.METHODS``).
     :param seeds: training seeds.
     :param reg_coefs: lambda values of the methods with a penalty (others run once, lambda 0).
+    :param reg_budgets: hinge budgets gamma of the methods whose settings have ``budget`` (0: the squared
+        penalty ``||J u||^2``; gamma > 0: ``max(0, ||J u|| - gamma)^2``); every lambda with every gamma.
+    :param sweeps: per-method replacements of those lists, ``(method, "reg_coefs" | "reg_budgets",
+        values)``, so that each method traces its own curve (e.g. ``("aajr", "reg_budgets", (0.1, 0.3))``).
     :param size: config section of every scenario (``small``, ``default``, ``large``).
     :param overrides: ``KEY=VALUE`` overrides of the training runs: ``reg.<key>`` ones apply to the
         methods whose settings have ``<key>``, ``shock.*`` and ``shock_warmup`` to the adversarial
@@ -53,6 +58,8 @@ class BenchmarkConfig:
     methods: tuple[str, ...] = tuple(METHODS)
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     reg_coefs: tuple[float, ...] = (0.1,)
+    reg_budgets: tuple[float, ...] = (0.0,)
+    sweeps: tuple[tuple[str, str, tuple[float, ...]], ...] = ()
     size: str = "default"
     overrides: tuple[str, ...] = ()
     attack: AttackGrid = AttackGrid()
@@ -62,15 +69,28 @@ class BenchmarkConfig:
 
     def __post_init__(self) -> None:
         for name in self.scenarios:
-            if name not in SCENARIOS:
+            if not isinstance(name, str) or name not in SCENARIOS:
                 raise ConfigError(f"unknown scenario {name!r}; allowed: {', '.join(sorted(SCENARIOS))}")
         for name in self.methods:
-            if name not in METHODS:
+            if not isinstance(name, str) or name not in METHODS:
                 raise ConfigError(f"unknown method {name!r}; allowed: {', '.join(METHODS)}")
-        if not self.seeds or any(seed < 0 for seed in self.seeds):
-            raise ConfigError(f"seeds must be a non-empty list of integers >= 0, got {list(self.seeds)}")
-        if any(coef < 0 for coef in self.reg_coefs):
-            raise ConfigError(f"reg_coefs must be >= 0, got {list(self.reg_coefs)}")
+        if not self.seeds:
+            raise ConfigError("seeds must be a non-empty list of integers in [0, 2**63), got []")
+        if not isinstance(self.attack, AttackGrid):
+            raise ConfigError(f"attack must be a robustness.evaluate.AttackGrid, got {type(self.attack).__name__}")
+        with config_errors():
+            for seed in self.seeds:
+                check_run_seed("seed", seed)
+            for coef in self.reg_coefs:
+                check_real("reg_coef", coef, 0.0)
+            for budget in self.reg_budgets:
+                check_real("reg_budget", budget, 0.0)
+            for sweep in self.sweeps:
+                check_sweep(sweep)
+            check_choice("size", self.size, SIZES)
+            check_positive_int("diag_states", self.diag_states)
+            check_real("diag_eps", self.diag_eps, 0.0, low_open=True)
+            check_positive_int("diag_steps", self.diag_steps)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -87,7 +107,49 @@ PRESETS: dict[str, BenchmarkConfig] = {
         diag_states=64),
     # the full grid: every scenario and method, five seeds, the default configs
     "full": BenchmarkConfig(),
+    # the core of Corollary 1: AAJR against the global penalties at equal hinge budgets gamma (lambda 1),
+    # routing and compute default, five seeds, the whole attack suite (shared shock) on 64 episodes
+    "corollary": BenchmarkConfig(
+        scenarios=("routing", "compute"), methods=("ppo", "aajr", "jacobian", "spectral"), seeds=(0, 1, 2, 3, 4),
+        reg_coefs=(1.0,), reg_budgets=(0.1, 0.3, 1.0, 3.0), size="default",
+        attack=AttackGrid(modes=("shared",), eps=(0.0, 0.1, 0.2), episodes=64)),
 }
+
+
+SWEPT = ("reg_coefs", "reg_budgets")
+
+
+def check_sweep(sweep: Any) -> None:
+    """A ``(method, "reg_coefs" | "reg_budgets", values)`` sweep of a penalty method (ValueError otherwise)."""
+    if not (isinstance(sweep, (tuple, list)) and len(sweep) == 3):
+        raise ValueError(f"a sweep is (method, field, values), got {sweep!r}")
+    method, field, values = sweep
+    check_choice("sweep method", method, tuple(name for name, spec in METHODS.items() if spec.penalty))
+    check_choice("sweep field", field, SWEPT)
+    if field == "reg_budgets" and not has_budget(method):
+        raise ValueError(f"method {method!r} has no hinge budget to sweep")
+    if not values:
+        raise ValueError(f"sweep of {method} {field}: no values")
+    for value in values:
+        check_real(f"sweep of {method} {field}", value, 0.0)
+
+
+def has_budget(method: str) -> bool:
+    """Whether the method's settings have a hinge budget ``budget``."""
+    settings = METHODS[method].settings
+    return settings is not None and "budget" in {field.name for field in dataclasses.fields(settings)}
+
+
+def parse_sweep(text: str) -> tuple[str, str, tuple[float, ...]]:
+    """``"aajr:reg_budgets=0.1,0.3"`` -> ``("aajr", "reg_budgets", (0.1, 0.3))`` (ConfigError if malformed)."""
+    method, _, rest = text.partition(":")
+    field, _, values = rest.partition("=")
+    try:
+        sweep = (method, field, tuple(float(value) for value in values.split(",")))
+        check_sweep(sweep)
+    except ValueError as error:
+        raise ConfigError(f"--sweep {text!r}: {error} (form: METHOD:reg_coefs=V,V or METHOD:reg_budgets=V,V)") from None
+    return sweep
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,22 +158,31 @@ class Cell:
     method: str
     reg_coef: float
     seed: int
+    budget: float = 0.0  # hinge budget gamma; 0: the squared penalty
 
     @property
     def name(self) -> str:
-        return f"{self.scenario}-{self.method}-lam{self.reg_coef:g}-seed{self.seed}"
+        budget = f"-gam{self.budget:g}" if self.budget > 0 else ""
+        return f"{self.scenario}-{self.method}-lam{self.reg_coef:g}{budget}-seed{self.seed}"
+
+
+def method_settings(config: BenchmarkConfig, method: str) -> list[tuple[float, float]]:
+    """The (lambda, gamma) settings of a method in the grid: (0, 0) without a penalty; else every lambda
+    with every gamma (gamma 0 only, when the method has no hinge budget), the sweeps' lists first."""
+    if not METHODS[method].penalty:
+        return [(0.0, 0.0)]
+    swept = {field: tuple(values) for name, field, values in config.sweeps if name == method}
+    coefs = swept.get("reg_coefs", config.reg_coefs)
+    budgets = swept.get("reg_budgets", config.reg_budgets) if has_budget(method) else (0.0,)
+    return [(float(coef), float(budget)) for coef in coefs for budget in budgets]
 
 
 def grid_cells(config: BenchmarkConfig) -> list[Cell]:
-    """Every cell of the grid, in a fixed order (methods without a penalty get lambda 0 once)."""
-    cells = []
-    for scenario in config.scenarios:
-        for method in config.methods:
-            coefs = config.reg_coefs if METHODS[method].penalty else (0.0,)
-            for coef in coefs:
-                for seed in config.seeds:
-                    cells.append(Cell(scenario, method, float(coef), seed))
-    return cells
+    """Every cell of the grid, seed by seed (an interrupted grid has every setting for its first seeds),
+    then scenario, method and setting."""
+    return [Cell(scenario, method, coef, seed, budget)
+            for seed in config.seeds for scenario in config.scenarios for method in config.methods
+            for coef, budget in method_settings(config, method)]
 
 
 def applies(override: str, method: str) -> bool:
@@ -130,20 +201,26 @@ def cell_overrides(cell: Cell, config: BenchmarkConfig) -> list[str]:
     """The run config of a cell as ``KEY=VALUE`` overrides."""
     return ([f"scenario={cell.scenario}", f"size={config.size}", f"method={cell.method}", f"seed={cell.seed}"]
             + [item for item in config.overrides if applies(item, cell.method)]
-            + ([f"reg_coef={cell.reg_coef}"] if METHODS[cell.method].penalty else []))
+            + ([f"reg_coef={cell.reg_coef}"] if METHODS[cell.method].penalty else [])
+            + ([f"reg.budget={cell.budget}"] if cell.budget > 0 else []))
+
+
+def cell_config(cell: Cell, config: BenchmarkConfig) -> TrainConfig:
+    """The resolved run config of a cell (``ConfigError`` naming the cell)."""
+    try:
+        return resolve(parse_overrides(cell_overrides(cell, config)))
+    except ConfigError as error:
+        raise ConfigError(f"cell {cell.name}: {error}") from None
 
 
 def check_grid(config: BenchmarkConfig) -> None:
-    """Resolve every cell's run config, and refuse overrides no method of the grid uses (``ConfigError``
-    naming the value, before anything is written)."""
+    """Resolve every cell's run config (its device available here), and refuse overrides no method of the
+    grid uses (``ConfigError`` naming the value, before anything is written)."""
     for item in config.overrides:
         if not any(applies(item, method) for method in config.methods):
             raise ConfigError(f"override {item!r} applies to none of the methods {', '.join(config.methods)}")
-    for cell in grid_cells(config):
-        try:
-            resolve(parse_overrides(cell_overrides(cell, config)))
-        except ConfigError as error:
-            raise ConfigError(f"cell {cell.name}: {error}") from None
+    for device in {cell_config(cell, config).device for cell in grid_cells(config)}:
+        check_device(device)
 
 
 def run_cell(cell: Cell, config: BenchmarkConfig, results_dir: pathlib.Path | str) -> dict[str, Any]:
@@ -152,13 +229,16 @@ def run_cell(cell: Cell, config: BenchmarkConfig, results_dir: pathlib.Path | st
     results_dir = pathlib.Path(results_dir)
     out = results_dir / "cells" / f"{cell.name}.json"
     if out.exists():
-        return json.loads(out.read_text())
+        return read_json(out, "cell result")
     run_dir = results_dir / "runs" / cell.name
-    overrides = parse_overrides(cell_overrides(cell, config))
+    run_config = cell_config(cell, config)
     if (run_dir / CHECKPOINT).exists():
-        summary = train(load_config(run_dir), run_dir, resume=True, progress=False)
+        if load_config(run_dir) != run_config:
+            raise ConfigError(f"{run_dir / CONFIG} holds another run config than cell {cell.name} asks for; "
+                              f"move {run_dir} away to train the cell again")
+        summary = train(run_config, run_dir, resume=True, progress=False)
     else:
-        summary = train(resolve(overrides), run_dir, progress=False)
+        summary = train(run_config, run_dir, progress=False)
     if summary is None:
         raise RuntimeError(f"cell {cell.name}: training stopped before the end")
     _, scenario, policy = load_run(run_dir)
@@ -167,8 +247,12 @@ def run_cell(cell: Cell, config: BenchmarkConfig, results_dir: pathlib.Path | st
     evaluations = evaluate_under_attacks(scenario, policy, grid,
                                          adversary_for=saved_adversaries(run_dir, grid, seed=cell.seed))
     batch = evaluation_states(scenario, policy, config.attack.episodes, config.diag_states, seed=cell.seed)
-    diagnostics = theory_diagnostics(scenario, policy, batch, config.diag_eps, config.diag_steps, seed=cell.seed)
+    scenario64, policy64, batch64 = in_float64(scenario, policy, batch)
+    diagnostics = theory_diagnostics(scenario64, policy64, batch64, config.diag_eps, config.diag_steps, seed=cell.seed)
+    step_sizes = step_size_sweep(scenario64, policy64, batch64, config.diag_eps, config.diag_steps,
+                                 diagnostics["l_eff_median"])
     result = {"cell": dataclasses.asdict(cell), "evaluations": evaluations, "diagnostics": diagnostics,
+              "step_sizes": step_sizes,
               "training": {"ratio_to_reference": summary["ratio_to_reference"],
                            "agent_steps": summary["agent_steps"]}}
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -225,14 +309,20 @@ def run_grid(config: BenchmarkConfig, results_dir: pathlib.Path, backend: str = 
     if jobs < 1:
         raise ConfigError(f"jobs must be >= 1, got {jobs}")
     check_grid(config)
-    results_dir.mkdir(parents=True, exist_ok=True)
+    results_dir = pathlib.Path(results_dir)
     record = {"command": command, "preset": preset, "config": config.to_dict()}
     run_file = results_dir / "run.json"
+    if results_dir.exists() and not results_dir.is_dir():
+        raise ConfigError(f"results directory {results_dir} is a file; use another --out")
     if run_file.exists():
-        previous = json.loads(run_file.read_text())
-        if previous["config"] != record["config"]:
+        previous = read_json(run_file, "grid record")
+        if not isinstance(previous, dict) or previous.get("config") != record["config"]:
             raise ConfigError(f"{results_dir} holds the results of another grid (see {run_file}); "
                               f"use another --out")
+    try:
+        results_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"results directory {results_dir}: cannot create it ({error.strerror or error})") from None
     text = json.dumps(record, indent=1)
     atomic_write(run_file, lambda tmp: tmp.write_text(text))
     cells = grid_cells(config)
@@ -256,13 +346,18 @@ def run_grid(config: BenchmarkConfig, results_dir: pathlib.Path, backend: str = 
 
 
 def merge_results(results_dir: pathlib.Path, cells: Iterable[Cell]) -> None:
-    """``evaluations.csv`` (one row per cell x attack x mode x eps) and ``diagnostics.csv`` (one per
-    cell) from the cells' JSON files, in grid order, written atomically."""
-    evaluation_rows, diagnostic_rows = [], []
+    """``evaluations.csv`` (one row per cell x attack x mode x eps), ``diagnostics.csv`` (one per cell) and
+    ``step_sizes.csv`` (one per cell x step-size factor) from the cells' JSON files, in grid order, written
+    atomically."""
+    evaluation_rows, diagnostic_rows, step_rows = [], [], []
     for cell in cells:
-        result = json.loads((results_dir / "cells" / f"{cell.name}.json").read_text())
-        key = {"scenario": cell.scenario, "method": cell.method, "reg_coef": cell.reg_coef, "seed": cell.seed}
+        result = read_json(results_dir / "cells" / f"{cell.name}.json", "cell result")
+        key = {"scenario": cell.scenario, "method": cell.method, "reg_coef": cell.reg_coef, "budget": cell.budget,
+               "seed": cell.seed}
         evaluation_rows += [{**key, **row} for row in result["evaluations"]]
         diagnostic_rows.append({**key, **result["diagnostics"]})
-    for name, rows in (("evaluations.csv", evaluation_rows), ("diagnostics.csv", diagnostic_rows)):
-        atomic_write_csv(results_dir / name, rows)
+        step_rows += [{**key, **row} for row in result.get("step_sizes", [])]
+    for name, rows in (("evaluations.csv", evaluation_rows), ("diagnostics.csv", diagnostic_rows),
+                       ("step_sizes.csv", step_rows)):
+        if rows:  # a grid whose policies never moved the PGA has no step-size rows
+            atomic_write_csv(results_dir / name, rows)

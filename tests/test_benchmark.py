@@ -17,7 +17,7 @@ import pytest
 from agents.config import ConfigError
 from robustness.evaluate import AttackGrid
 from robustness.report import write_report
-from robustness.runner import BenchmarkConfig, cell_overrides, grid_cells, run_grid
+from robustness.runner import BenchmarkConfig, cell_config, cell_overrides, grid_cells, parse_sweep, run_grid
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TINY = BenchmarkConfig(
@@ -36,12 +36,31 @@ def results_of(results_dir: pathlib.Path) -> dict:
 def test_grid_has_one_cell_per_penalty_lambda_and_refuses_bad_names():
     config = BenchmarkConfig(scenarios=("routing",), methods=("ppo", "aajr"), seeds=(0, 1), reg_coefs=(0.1, 1.0))
     names = [cell.name for cell in grid_cells(config)]
-    assert names == ["routing-ppo-lam0-seed0", "routing-ppo-lam0-seed1", "routing-aajr-lam0.1-seed0",
-                     "routing-aajr-lam0.1-seed1", "routing-aajr-lam1-seed0", "routing-aajr-lam1-seed1"]
+    assert names == ["routing-ppo-lam0-seed0", "routing-aajr-lam0.1-seed0", "routing-aajr-lam1-seed0",
+                     "routing-ppo-lam0-seed1", "routing-aajr-lam0.1-seed1", "routing-aajr-lam1-seed1"]  # seed-major
     with pytest.raises(ConfigError, match="unknown method 'magic'"):
         BenchmarkConfig(methods=("magic",))
     with pytest.raises(ConfigError, match="unknown scenario 'traffic'"):
         BenchmarkConfig(scenarios=("traffic",))
+
+
+def test_sweeps_give_each_method_its_own_lambdas_and_hinge_budgets():
+    config = BenchmarkConfig(scenarios=("routing",), methods=("ppo", "aajr", "spectral", "specnorm"), seeds=(0,),
+                             reg_coefs=(1.0,), reg_budgets=(0.1, 0.3),
+                             sweeps=(parse_sweep("spectral:reg_coefs=2,5"), parse_sweep("aajr:reg_budgets=0.2")))
+    cells = grid_cells(config)
+    assert [cell.name for cell in cells] == [
+        "routing-ppo-lam0-seed0", "routing-aajr-lam1-gam0.2-seed0", "routing-spectral-lam2-gam0.1-seed0",
+        "routing-spectral-lam2-gam0.3-seed0", "routing-spectral-lam5-gam0.1-seed0", "routing-spectral-lam5-gam0.3-seed0",
+        "routing-specnorm-lam0-seed0"]  # specnorm: an architecture, no penalty to weigh or budget
+    assert cell_overrides(cells[1], config)[-2:] == ["reg_coef=1.0", "reg.budget=0.2"]
+    assert cell_config(cells[1], config).reg.budget == 0.2
+    for text, message in (("aajr:reg_budget=0.1", "unknown sweep field 'reg_budget'"),
+                          ("ppo:reg_coefs=1", "unknown sweep method 'ppo'"),
+                          ("specnorm:reg_budgets=0.1", "unknown sweep method .specnorm.; allowed: .aajr."),
+                          ("aajr:reg_coefs=1,x", "could not convert"), ("aajr:reg_coefs=-1", "must lie in")):
+        with pytest.raises(ConfigError, match=message):
+            parse_sweep(text)
 
 
 def test_method_settings_reach_the_methods_that_have_them_and_a_bad_grid_writes_nothing(tmp_path):

@@ -58,7 +58,7 @@ def eval_rows():
     for scenario, higher in SCENARIOS.items():
         for method, coef in CELLS:
             for seed in SEEDS:
-                cell = {"scenario": scenario, "method": method, "reg_coef": coef, "seed": seed}
+                cell = {"scenario": scenario, "method": method, "reg_coef": coef, "budget": 0.0, "seed": seed}
                 grid = [("none", "-", 0.0)] + [(a, m, e) for a, m in ATTACKS for e in EPS]
                 attacks = []
                 for attack, mode, eps in grid:
@@ -72,7 +72,7 @@ def eval_rows():
 
 
 def diag_rows():
-    return [{"scenario": scenario, "method": method, "reg_coef": coef, "seed": seed,
+    return [{"scenario": scenario, "method": method, "reg_coef": coef, "budget": 0.0, "seed": seed,
              "jvp_norm_mean": 0.5 + seed, "jvp_norm_max": 1.0 + seed, "global_norm_mean": 2.0 + seed,
              "global_norm_max": 3.0 + seed, "global_norm_all_mean": 4.0 + seed,
              **{f"frac_directional_only@{gamma:g}": 0.1 * seed for gamma in GAMMAS},
@@ -163,14 +163,14 @@ def test_differences_to_baseline_are_paired_and_checked():
 def test_every_file_is_written(written):
     out, paths = written
     names = {path.name for path in paths}
-    for table in ("robustness", "attacks", "price_of_robustness", "diagnostics"):
+    for table in ("robustness", "attacks", "price_of_robustness", "tradeoff", "diagnostics"):
         assert {f"{table}.md", f"{table}.csv", f"{table}.provenance.json"} <= names
     for scenario in SCENARIOS:
         assert {f"pareto_{scenario}.png", f"amplification_{scenario}.png"} <= names
         assert {f"robustness_{scenario}_{a}_{m}.png" for a, m in ATTACKS + WORST} <= names
     assert "index.md" in names
     assert all(path.is_file() and path.parent == out for path in paths)
-    assert len(names) == len(paths) == 4 * 3 + 2 * (2 + len(ATTACKS + WORST)) + 1
+    assert len(names) == len(paths) == 5 * 3 + 2 * (2 + len(ATTACKS + WORST)) + 1
 
 
 def test_eps_zero_column_equals_the_nominal_values(written):
@@ -305,7 +305,7 @@ def test_nan_value_is_named_with_its_cell(tmp_path):
     evals = eval_rows()
     evals[5]["ratio_to_reference"] = float("nan")
     results = make_results(tmp_path, evals)
-    cell = "scenario=routing, method=ppo, reg_coef=0.0, seed=0, attack=system, mode=per_agent, eps=0.1"
+    cell = "scenario=routing, method=ppo, reg_coef=0.0, budget=0.0, seed=0, attack=system, mode=per_agent, eps=0.1"
     with pytest.raises(ValueError, match=f"evaluations.csv: column 'ratio_to_reference' is missing, NaN.*{cell}"):
         report.write_report(results, reps=REPS)
     diags = diag_rows()
@@ -322,3 +322,25 @@ def test_missing_baseline_and_missing_provenance_are_errors(tmp_path):
     (results / "run.json").unlink()
     with pytest.raises(FileNotFoundError, match="run.json"):
         report.write_report(results, reps=REPS)
+
+
+def test_tradeoff_table_recovers_a_constructed_gap_at_matched_robustness():
+    """AAJR's front N = 15 - r and spectral's N = 14 - r on the same robustness range, shifted per seed:
+    Delta PoR(aajr, spectral) = -1 in every seed; at equal (lambda, gamma) AAJR keeps 1 more nominal return."""
+    settings = {("aajr", 0.1): (10.0, 5.0), ("aajr", 0.2): (8.0, 7.0),
+                ("spectral", 0.1): (9.0, 5.0), ("spectral", 0.2): (7.0, 7.0)}  # (nominal, robust at eps 0.1)
+    rows = []
+    for seed in SEEDS:
+        for (method, budget), (nominal_return, robust_return) in settings.items():
+            cell = {"scenario": "routing", "method": method, "reg_coef": 1.0, "budget": budget, "seed": seed,
+                    "attack": "worst", "mode": "shared"}
+            rows += [{**cell, "eps": 0.0, "return_per_agent": nominal_return + seed},
+                     {**cell, "eps": 0.1, "return_per_agent": robust_return + 0.5 * seed}]
+    markdown, csv_rows = report.tradeoff_tables(rows, report.Labels(rows), "worst", "shared", reps=REPS)
+    by_quantity = {(row["quantity"], row.get("against")): row for row in csv_rows}
+    delta = by_quantity[("delta_por_matched", "spectral")]
+    assert (delta["iqm"], delta["ci_low"], delta["ci_high"], delta["n"]) == pytest.approx((-1.0, -1.0, -1.0, 4))
+    corollary = [row for row in csv_rows if row["quantity"] == "nominal_difference_equal_budget"]
+    assert sorted(row["budget"] for row in corollary) == [0.1, 0.2]
+    assert all(row["iqm"] == pytest.approx(1.0) for row in corollary)
+    assert "| routing | 0.1 | spectral | -1 [-1, -1] | 4 of 4 |" in markdown

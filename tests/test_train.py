@@ -72,7 +72,7 @@ def run_cli(*args, timeout=120):
     (["--method", "ppo", "--set", "shock.prob=0.5"], "error: shock settings configure the rollouts of the "
                                                     "adversarial methods (adv, aajr+adv); method 'ppo' does not"),
     (["--method", "adv", "--set", "shock.prob=0"], "error: method 'adv' trains under shocks: shock.prob must be > 0"),
-    (["--method", "aajr", "--reg-coef", "-1"], "error: reg_coef must be >= 0, got -1.0"),
+    (["--method", "aajr", "--reg-coef", "-1"], "error: reg_coef must lie in [0.0, inf], got -1.0"),
     (["--method", "aajr", "--set", "reg.norm=l3"], "error: reg: unknown norm 'l3'; allowed: 'l2', 'linf'"),
     (["--method", "aajr", "--set", "reg_eps=0.2"], "error: unknown key(s) reg_eps (reg_eps is now reg.eps)"),
     (["--method", "jacobian", "--set", "reg.eps=0.2"], "error: unknown key(s) reg.eps; allowed: reg.directions"),
