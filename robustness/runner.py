@@ -332,6 +332,7 @@ def run_grid(config: BenchmarkConfig, results_dir: pathlib.Path, backend: str = 
     def done(cell: Cell) -> None:
         nonlocal finished
         finished += 1
+        merge_results(results_dir, finished_cells(results_dir, cells))  # the CSVs follow the grid as it goes
         if progress is not None:
             progress(finished, len(cells), cell.name)
 
@@ -343,6 +344,11 @@ def run_grid(config: BenchmarkConfig, results_dir: pathlib.Path, backend: str = 
         _run_local(pending, config, results_dir, jobs, done)
     merge_results(results_dir, cells)
     return pending
+
+
+def finished_cells(results_dir: pathlib.Path, cells: Iterable[Cell]) -> list[Cell]:
+    """The cells of ``cells`` whose result file exists, in their order."""
+    return [cell for cell in cells if (pathlib.Path(results_dir) / "cells" / f"{cell.name}.json").exists()]
 
 
 def merge_results(results_dir: pathlib.Path, cells: Iterable[Cell]) -> None:
