@@ -112,8 +112,9 @@ def pga(objective: Callable[[torch.Tensor], torch.Tensor], delta_shape: tuple[in
         delta = torch.zeros(delta_shape, device=device, dtype=dtype)
     deltas, directions, values = [delta], [], []
     for _ in range(steps + 1):
-        with torch.enable_grad():
-            point = delta.detach().requires_grad_(True)
+        last = len(directions) == steps  # the last iterate needs its value only, not a gradient
+        with torch.set_grad_enabled(not last):
+            point = delta.detach().requires_grad_(not last)
             value = objective(point)
             if value.shape != delta_shape[:-1]:
                 raise ValueError(f"objective must return one value per perturbation, shape {delta_shape[:-1]}, "
@@ -121,7 +122,7 @@ def pga(objective: Callable[[torch.Tensor], torch.Tensor], delta_shape: tuple[in
             grad = (torch.autograd.grad(value.sum(), point, allow_unused=True)[0]
                     if value.requires_grad else None)  # an objective that ignores delta
         values.append(value.detach())
-        if len(directions) == steps:
+        if last:
             break
         grad = torch.zeros_like(delta) if grad is None else grad.detach()
         if mask_values is not None:
