@@ -24,11 +24,14 @@ import torch
 import yaml
 
 from agents.ppo import PPOConfig
-from envs.core import SCENARIOS, check_positive_int, check_real, check_seed, config_from_kwargs, short_repr
-from envs.shock_wrapper import ShockConfig
+from envs.core import (SCENARIOS, check_choice, check_positive_int, check_real, check_seed, config_from_kwargs,
+                       short_repr)
+from envs.shock_wrapper import ATTACKS, ShockConfig
 from regularizers import METHODS, Method
 
 SIZES = ("small", "default", "large")
+# The attacks of the periodic evaluation: ``learned`` needs an attacker trained against each policy.
+EVAL_ATTACKS = ("none", *(attack for attack in ATTACKS if attack != "learned"))
 DEFAULT_REG_COEF = 0.1
 # Flat keys of earlier versions, refused with a pointer to their place in the ``reg:`` section.
 RENAMED = {"reg_eps": "reg.eps", "reg_steps": "reg.steps (jacobian: reg.directions)", "reg_norm": "reg.norm",
@@ -76,6 +79,18 @@ class TrainConfig:
     :param reg: the method's settings (its registry entry's dataclass), None for methods without any.
     :param checkpoint_every: iterations between checkpoints.
     :param eval_envs: environments in the final evaluation.
+    :param eval_every: iterations between periodic evaluations (0: none); the last iteration is always
+        evaluated too. Each one plays the deterministic policy on ``eval_episodes`` held-out episodes
+        (the same ones every time, seeds disjoint from training's and from the final evaluation's) and
+        logs ``eval/return_per_agent``, ``eval/system_loss`` (per step) and ``eval/ratio_to_reference``.
+    :param eval_episodes: environments of the periodic evaluation, one episode each.
+    :param eval_attack: ``none``, or the attack of the periodic evaluation (one of
+        ``envs.shock_wrapper.ATTACKS`` but ``learned``: every step shocked, shared mode, the benchmark's
+        attack strength ``robustness.evaluate.AttackGrid``).
+    :param eval_eps: the budget of ``eval_attack`` (observation units, l2).
+    :param track: also log to Weights & Biases (the ``wandb`` extra; ``WANDB_MODE=offline`` works
+        without network).
+    :param wandb_project: the Weights & Biases project of ``track``.
     :param env: the scenario's keyword arguments.
     :param ppo: PPO hyper-parameters.
     :param shock: the shocks of the adversarial methods' rollouts (``adv``, ``aajr+adv``); ``shock.prob``
@@ -94,6 +109,12 @@ class TrainConfig:
     reg: Any = None
     checkpoint_every: int = 10
     eval_envs: int = 256
+    eval_every: int = 10
+    eval_episodes: int = 32
+    eval_attack: str = "none"
+    eval_eps: float = 0.1
+    track: bool = False
+    wandb_project: str = "aajr-marl"
     env: dict = dataclasses.field(default_factory=dict)
     ppo: PPOConfig = dataclasses.field(default_factory=PPOConfig)
     shock: ShockConfig = dataclasses.field(default_factory=lambda: ShockConfig(prob=0.5, steps=3, rule="normalized"))
@@ -287,9 +308,15 @@ def resolve(overrides: dict[str, Any], config_dir: pathlib.Path | None = None) -
         config.ppo.validate()
     with config_errors():
         check_run_seed("seed", config.seed)
-        for name in ("total_agent_steps", "checkpoint_every", "eval_envs"):
+        for name in ("total_agent_steps", "checkpoint_every", "eval_envs", "eval_episodes"):
             check_positive_int(name, getattr(config, name))
+        if config.eval_every < 0:
+            raise ValueError(f"eval_every must be an integer >= 0 (0: no periodic evaluation), got {config.eval_every}")
+        check_choice("eval_attack", config.eval_attack, EVAL_ATTACKS)
+        check_real("eval_eps", config.eval_eps, 0.0, low_open=True)
         check_real("shock_warmup", config.shock_warmup, 0.0, 1.0)
+        if not config.wandb_project.strip():
+            raise ValueError("wandb_project must not be empty")
     device_kind(config.device)
     if not method.adversarial and ("shock" in merged or "shock_warmup" in merged):
         raise ConfigError(f"shock settings configure the rollouts of the adversarial methods "

@@ -1,4 +1,11 @@
-"""The PPO learner loop on a ``TorchVectorEnv``: collect a rollout, update, repeat; checkpointable."""
+"""The PPO learner loop on a ``TorchVectorEnv``: collect a rollout, update, repeat; checkpointable.
+
+Each iteration's metrics carry CleanRL's names: ``charts/episodic_return``, ``charts/SPS``,
+``charts/learning_rate``, ``losses/value_loss``, ``losses/policy_loss``, ``losses/entropy``,
+``losses/approx_kl``, ``losses/clipfrac``, ``losses/explained_variance``; and the project's own
+(``charts/system_loss``, ``charts/agent_steps``, ``losses/grad_norm``, ``losses/penalty``, ``reg/*``,
+``shock/*``). ``LEGACY_NAMES`` repeats a few under their earlier names for the readers not yet renamed.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +16,16 @@ from typing import Any, Callable
 import torch
 
 from agents.policy import make_policy
-from agents.ppo import PPOConfig, compute_gae, ppo_loss
+from agents.ppo import PPOConfig, compute_gae, explained_variance, ppo_loss
 from envs.batch import Batch
 from envs.core import make_generator
 from envs.shock_wrapper import ShockConfig, ShockedVectorEnv
 from envs.vector import TorchVectorEnv
 from regularizers import Penalty
+
+# Earlier metric names still repeated beside CleanRL's (old name -> new name): written to metrics.csv and
+# returned by ``train_iteration``, never to TensorBoard. To be removed once no reader uses them.
+LEGACY_NAMES = {"losses/policy": "losses/policy_loss", "losses/value": "losses/value_loss"}
 
 
 class PPOLearner:
@@ -170,17 +181,21 @@ class PPOLearner:
         if self.policy_diagnostics is not None:
             out.update(self.policy_diagnostics(self.policy))
         out["charts/learning_rate"] = self.optimizer.param_groups[0]["lr"]
+        out["losses/explained_variance"] = explained_variance(batch.values, batch.returns)
         return out
 
     def train_iteration(self) -> dict[str, float]:
-        """One rollout and one update; returns the iteration's metrics."""
+        """One rollout and one update; returns the iteration's metrics (``charts/SPS``: agent-steps per
+        second of this iteration, rollout and update together)."""
         start = time.perf_counter()
         batch, rollout_stats = self.collect()
         update_stats = self.update(batch)
         elapsed = time.perf_counter() - start
         steps = self.cfg.rollout_steps * self.env.num_envs * self.env.n_agents
-        return {**rollout_stats, **update_stats, "perf/agent_steps_per_second": steps / elapsed,
-                "charts/agent_steps": float(self.agent_steps)}
+        metrics = {**rollout_stats, **update_stats, "charts/SPS": steps / elapsed,
+                   "charts/agent_steps": float(self.agent_steps)}
+        metrics.update({old: metrics[new] for old, new in LEGACY_NAMES.items() if new in metrics})
+        return metrics
 
     # ----- checkpoints -----------------------------------------------------------------------------
 

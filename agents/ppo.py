@@ -2,6 +2,8 @@
 
 The learner loop is ``agents.learner.PPOLearner``; its update reads in one screen: GAE, clipped surrogate, (clipped) value loss,
 entropy bonus, the regularizer term ``reg_coef * penalty(policy, batch)``, gradient clipping, Adam.
+The statistics carry CleanRL's TensorBoard names (``losses/policy_loss``, ``losses/value_loss``,
+``losses/entropy``, ``losses/approx_kl``, ``losses/clipfrac``, ``losses/explained_variance``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ class PPOConfig:
     :param num_envs: environments B simulated in one batch.
     :param rollout_steps: steps per environment between updates.
     :param learning_rate: Adam step size (linearly annealed to 0 when ``anneal_lr``).
+    :param anneal_lr: anneal the learning rate linearly to 0 over the run.
     :param gamma: discount factor.
     :param gae_lambda: GAE lambda.
     :param update_epochs: passes over each rollout.
@@ -148,10 +151,21 @@ def ppo_loss(policy: MultiAgentActorCritic, batch: Batch,
     loss = policy_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy_mean
     with torch.no_grad():
         stats = {
-            "losses/policy": policy_loss,
-            "losses/value": v_loss,
+            "losses/policy_loss": policy_loss,
+            "losses/value_loss": v_loss,
             "losses/entropy": entropy_mean,
             "losses/approx_kl": ((log_ratio.exp() - 1) - log_ratio).mean(),
-            "losses/clip_fraction": ((log_ratio.exp() - 1).abs() > cfg.clip_coef).float().mean(),
+            "losses/clipfrac": ((log_ratio.exp() - 1).abs() > cfg.clip_coef).float().mean(),
         }
     return loss, stats
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor) -> float:
+    """``1 - Var[returns - values] / Var[returns]`` over every element (CleanRL's and SB3's diagnostic of
+    the critic: 1 is a perfect fit, 0 no better than a constant, negative worse); NaN when the returns
+    do not vary. ``values``, ``returns``: the rollout's ``(M, N)`` critic values and GAE returns."""
+    values, returns = values.detach().double().flatten(), returns.detach().double().flatten()
+    variance = returns.var(unbiased=False)
+    if variance == 0:
+        return math.nan
+    return float(1.0 - (returns - values).var(unbiased=False) / variance)

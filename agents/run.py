@@ -2,14 +2,20 @@
 
 A run directory is the unit of results::
 
-    config.yaml     the resolved ``TrainConfig`` (``agents.config.to_dict``)
-    checkpoint.pt   everything needed to continue bit for bit (written atomically)
-    metrics.csv     one row per iteration (TensorBoard events in ``tb/`` as well)
-    summary.json    the final evaluation against the scenario's references
+    config.yaml         the resolved ``TrainConfig`` (``agents.config.to_dict``)
+    checkpoint.pt       everything needed to continue bit for bit (written atomically)
+    metrics.csv         one row per iteration (TensorBoard events in ``tb/`` as well, with CleanRL's tag
+                        names and the resolved config as the text ``hyperparameters``)
+    summary.json        the final evaluation against the scenario's references
+    learning_curve.png  training and periodic evaluation returns vs agent-steps (needs matplotlib)
 
     config = resolve(parse_overrides(["scenario=routing", "size=small"]))
     summary = train(config, "runs/routing-small")        # None if stopped early (Ctrl-C)
     policy = load_policy("runs/routing-small")           # the trained policy alone
+
+Every ``eval_every`` iterations (and at the last) the deterministic policy plays the same held-out
+episodes (``PeriodicEvaluation``), optionally under one attack; its ``eval/*`` numbers go in that
+iteration's row. With ``track=true`` the metrics go to Weights & Biases as well (the ``wandb`` extra).
 
 Every file is written to a temporary name and renamed, so a crash or an interrupt never leaves a
 half-written one; ``train(..., resume=True)`` continues from the checkpoint with the same numbers as an
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import hashlib
 import json
 import math
 import os
@@ -35,18 +42,23 @@ import torch
 import yaml
 
 from agents.config import ConfigError, TrainConfig, config_errors, device_kind, load_yaml, resolve, to_dict
-from agents.evaluate import summarise
-from agents.learner import PPOLearner
+from agents.evaluate import TARGET_REFERENCE, summarise
+from agents.learner import LEGACY_NAMES, PPOLearner
 from agents.policy import MultiAgentActorCritic, make_policy
 from agents.progress import progress_bar
 from envs.core import Scenario, make_scenario
-from envs.vector import TorchVectorEnv
+from envs.vector import TorchVectorEnv, evaluate_policy
 from regularizers import make_regularizer
+from robustness.evaluate import AttackGrid, play
 
 CONFIG = "config.yaml"
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.csv"
 SUMMARY = "summary.json"
+LEARNING_CURVE = "learning_curve.png"
+# The periodic evaluation's episodes: seeds neither training's (seed..seed+5) nor the final evaluation's
+# (``agents.evaluate.EVAL_SEED_OFFSET``), the same at every evaluation.
+PERIODIC_EVAL_SEED_OFFSET = 40_000
 
 
 def atomic_write(path: pathlib.Path, write: Callable[[pathlib.Path], Any]) -> None:
@@ -147,34 +159,130 @@ def read_metrics(path: pathlib.Path, keep_until_iteration: int) -> list[dict[str
 
 
 class MetricsLog:
-    """CSV (one row per iteration, columns fixed by the first row) plus TensorBoard when installed.
+    """CSV (one row per iteration, the union of the rows' keys as columns, missing cells empty) plus
+    TensorBoard when installed and Weights & Biases when tracking. ``LEGACY_NAMES`` go to the CSV only.
 
     :param rows: the rows kept from before (``read_metrics``), rewritten with the next row.
     :param purge_step: TensorBoard drops the events logged at this step and later (written after the
         checkpoint a run resumes from), so each step is logged once.
+    :param tracker: a ``wandb`` run (``start_tracking``) or None.
     """
 
-    def __init__(self, run_dir: pathlib.Path, rows: list[dict[str, Any]], purge_step: int) -> None:
+    def __init__(self, run_dir: pathlib.Path, rows: list[dict[str, Any]], purge_step: int, tracker: Any = None) -> None:
         self.path = pathlib.Path(run_dir) / METRICS
         self.rows = list(rows)
+        self.tracker = tracker
         try:
             from torch.utils.tensorboard import SummaryWriter
             self.tensorboard = SummaryWriter(str(pathlib.Path(run_dir) / "tb"), purge_step=purge_step)
         except ImportError:
             self.tensorboard = None
 
+    def write_hyperparameters(self, config: TrainConfig) -> None:
+        """The resolved config as TensorBoard text ``hyperparameters`` (CleanRL's table), once per run."""
+        if self.tensorboard is not None:
+            rows = "\n".join(f"|{key}|{value}|" for key, value in flat_items(to_dict(config)))
+            self.tensorboard.add_text("hyperparameters", f"|param|value|\n|-|-|\n{rows}")
+
     def write(self, iteration: int, metrics: dict[str, float]) -> None:
         row = {"iteration": iteration, **{k: f"{v:.6g}" for k, v in sorted(metrics.items())}}
         self.rows.append(row)
         atomic_write_csv(self.path, self.rows, list(dict.fromkeys(key for logged in self.rows for key in logged)))
+        step = int(metrics.get("charts/agent_steps", iteration))
+        logged = {key: value for key, value in metrics.items() if key not in LEGACY_NAMES}
         if self.tensorboard is not None:
-            step = int(metrics.get("charts/agent_steps", iteration))
-            for key, value in metrics.items():
+            for key, value in logged.items():
                 self.tensorboard.add_scalar(key, value, step)
+        if self.tracker is not None:
+            self.tracker.log(logged, step=step)
 
     def close(self) -> None:
         if self.tensorboard is not None:
             self.tensorboard.close()
+        if self.tracker is not None:
+            self.tracker.finish()
+
+
+def flat_items(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """``{"ppo": {"gamma": 0.9}}`` -> ``[("ppo.gamma", 0.9)]`` (the keys ``--set`` takes)."""
+    items = []
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            items.extend(flat_items(value, f"{prefix}{key}."))
+        else:
+            items.append((f"{prefix}{key}", value))
+    return items
+
+
+def check_tracking(config: TrainConfig) -> None:
+    """Refuse ``track=true`` without Weights & Biases installed (one line, before anything is written)."""
+    if config.track:
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            raise ConfigError("track=true logs to Weights & Biases, which is not installed: "
+                              "pip install 'aajr-marl[wandb]' (or set track=false)") from None
+
+
+def start_tracking(config: TrainConfig, run_dir: pathlib.Path) -> Any:
+    """A Weights & Biases run for ``config.track`` (None otherwise), its files under ``run_dir/wandb``.
+    Its id derives from the run directory's absolute path, so a resumed run continues the same W&B run
+    (W&B drops the steps it already has). ``WANDB_MODE=offline`` logs without network."""
+    if not config.track:
+        return None
+    import wandb
+    run_id = hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:16]
+    return wandb.init(project=config.wandb_project, name=run_dir.name, id=run_id, resume="allow",
+                      config=to_dict(config), dir=str(run_dir))
+
+
+class PeriodicEvaluation:
+    """The deterministic policy on ``config.eval_episodes`` held-out episodes (seeded with ``config.seed
+    + PERIODIC_EVAL_SEED_OFFSET``, the same at every call), under ``config.eval_attack`` or none: one
+    ``robustness.evaluate.play`` per call. ``ratio_to_reference`` divides the system loss by that of the
+    scenario's target reference (``agents.evaluate.TARGET_REFERENCE``, unattacked) on the same episodes.
+
+    Evaluating changes nothing the training reads (the policy is evaluated in eval mode; torch's global
+    generator is restored), so a resumed run logs the same numbers as an uninterrupted one.
+    """
+
+    def __init__(self, config: TrainConfig, scenario: Scenario) -> None:
+        self.every = config.eval_every
+        self.scenario = scenario
+        self.episodes = config.eval_episodes
+        self.seed = config.seed + PERIODIC_EVAL_SEED_OFFSET
+        self.env = TorchVectorEnv(scenario, num_envs=config.eval_episodes, auto_reset=False)
+        self.shock = None
+        if config.eval_attack != "none":
+            grid = AttackGrid(attacks=(config.eval_attack,), modes=("shared",), eps=(config.eval_eps,),
+                              episodes=config.eval_episodes)
+            self.shock = grid.shock(config.eval_attack, "shared", config.eval_eps)
+        self.reference_loss: float | None = None
+
+    def due(self, iteration: int, total_iterations: int) -> bool:
+        """Whether iteration ``iteration`` (counted from 1) is evaluated: every ``eval_every``-th and the last."""
+        return self.every > 0 and (iteration % self.every == 0 or iteration == total_iterations)
+
+    def __call__(self, policy: MultiAgentActorCritic) -> dict[str, float]:
+        """``eval/return_per_agent`` (episodic, mean over agents), ``eval/system_loss`` (per step),
+        ``eval/ratio_to_reference`` and, under an attack, ``eval/budget_use``."""
+        training = policy.training
+        policy.eval()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                if self.reference_loss is None:
+                    name = TARGET_REFERENCE.get(self.scenario.name, self.scenario.reference_names[0])
+                    self.reference_loss = evaluate_policy(
+                        self.scenario, lambda state: self.scenario.reference_action(state, name), self.episodes,
+                        self.seed)["system_loss"]
+                result = play(self.env, policy, self.shock, self.seed)
+        finally:
+            policy.train(training)
+        metrics = {"eval/return_per_agent": result["return_per_agent"], "eval/system_loss": result["system_loss"],
+                   "eval/ratio_to_reference": result["system_loss"] / self.reference_loss}
+        if self.shock is not None:
+            metrics["eval/budget_use"] = result["budget_use"]
+        return metrics
 
 
 # ----- the run directory ---------------------------------------------------------------------------
@@ -290,6 +398,7 @@ def train(config: TrainConfig, run_dir: pathlib.Path | str, resume: bool = False
     """
     run_dir = pathlib.Path(run_dir)
     check_device(config.device)
+    check_tracking(config)
     if resume:
         state = load_checkpoint(run_dir, config.device)
     else:
@@ -314,7 +423,9 @@ def train(config: TrainConfig, run_dir: pathlib.Path | str, resume: bool = False
               f"continue with: python train.py --resume {run_dir}")
         return None
     summary = summarise(learner, config)
-    summary["final_training"] = {key: value for key, value in metrics.items() if key.startswith("charts/")}
+    summary["final_training"] = {key: value for key, value in metrics.items()
+                                 if key.startswith("charts/") and key != "charts/SPS"}  # the numbers that repeat
+    summary["learning_curve"] = write_learning_curve(run_dir)
     text = json.dumps(summary, indent=2)
     atomic_write(run_dir / SUMMARY, lambda tmp: tmp.write_text(text))
     return summary
@@ -333,23 +444,57 @@ def run_iterations(config: TrainConfig, learner: PPOLearner, run_dir: pathlib.Pa
                    stop_at: int, progress: bool) -> dict[str, float]:
     """Train until iteration ``stop_at`` or Ctrl-C, logging every iteration after ``rows`` (the log kept
     from before) and checkpointing; returns the last iteration's metrics (empty if none ran)."""
-    log = MetricsLog(run_dir, rows, purge_step=learner.agent_steps + 1)
+    evaluation = PeriodicEvaluation(config, learner.env.scenario)
+    log = MetricsLog(run_dir, rows, purge_step=learner.agent_steps + 1, tracker=start_tracking(config, run_dir))
+    if learner.iteration == 0:
+        log.write_hyperparameters(config)
     metrics: dict[str, float] = {}
     with StopRequest() as stop, progress_bar(disable=not progress) as bar:
         task = bar.add_task(f"{config.scenario}/{config.method}/seed{config.seed}", total=learner.total_iterations,
                             completed=learner.iteration, status="")
         while learner.iteration < stop_at and not stop.requested:
             metrics = learner.train_iteration()
+            if evaluation.due(learner.iteration, learner.total_iterations):
+                metrics.update(evaluation(learner.policy))
             log.write(learner.iteration, metrics)
-            status = (f"return {metrics.get('charts/episodic_return', float('nan')):+.3f} "
+            status = (f"{learner.agent_steps:,} agent-steps | "
+                      f"return {metrics.get('charts/episodic_return', float('nan')):+.3f} "
                       f"loss/step {metrics['charts/system_loss']:+.4f} "
-                      f"{metrics['perf/agent_steps_per_second']:,.0f} agent-steps/s")
+                      f"{metrics['charts/SPS']:,.0f} agent-steps/s")
             bar.update(task, completed=learner.iteration, status=status)
             if learner.iteration % config.checkpoint_every == 0 or stop.requested:
                 save_checkpoint(run_dir, learner, metrics)
     save_checkpoint(run_dir, learner, metrics or None)
     log.close()
     return metrics
+
+
+def write_learning_curve(run_dir: pathlib.Path) -> str:
+    """``learning_curve.png`` from the run's ``metrics.csv``: the training episodic return (with
+    exploration noise, and shocks for the adversarial methods) and the periodic evaluation's return
+    (deterministic policy, ``eval/return_per_agent``) vs agent-steps. Returns the file's name, or a
+    one-line note when matplotlib is missing (the ``benchmark`` extra)."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        return "not written: matplotlib is not installed (pip install 'aajr-marl[benchmark]')"
+    rows = read_metrics(run_dir / METRICS, keep_until_iteration=2 ** 63)
+
+    def curve(key: str) -> tuple[list[float], list[float]]:
+        points = [(float(row["charts/agent_steps"]), float(row[key])) for row in rows if row.get(key, "") != ""]
+        return [x for x, _ in points], [y for _, y in points]
+
+    figure = Figure(figsize=(6.4, 4.0), layout="constrained")
+    axes = figure.subplots()
+    axes.plot(*curve("charts/episodic_return"), label="training (sampled actions)", alpha=0.6)
+    axes.plot(*curve("eval/return_per_agent"), "o-", label="evaluation (deterministic, held-out episodes)")
+    axes.set_xlabel("agent-steps")
+    axes.set_ylabel("episodic return per agent")
+    axes.set_title(run_dir.name)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    atomic_write(run_dir / LEARNING_CURVE, lambda tmp: figure.savefig(tmp, format="png", dpi=100))
+    return LEARNING_CURVE
 
 
 class TrainedRun(NamedTuple):

@@ -231,7 +231,7 @@ def table(device: str, args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dims", type=int, nargs="+", default=[16, 64, 256], help="observation dims d")
     parser.add_argument("--agents", type=int, nargs="+", default=[1, 8], help="numbers of agents N")
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 5, 10], help="PGA steps K")

@@ -113,7 +113,7 @@ def table(results: list[dict], seeds: list[int], learners: list[str]) -> tuple[s
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenarios", nargs="+", default=["routing", "commons"],
                         choices=["routing", "commons", "compute"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])

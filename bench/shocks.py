@@ -76,7 +76,7 @@ def cost_table(num_envs: int, steps_values: list[int], repeats: int) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--states", type=int, default=100)
     parser.add_argument("--eps", type=float, nargs="+", default=[0.05, 0.1, 0.2])
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 5, 10])

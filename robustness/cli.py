@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import pathlib
 import shlex
 import sys
@@ -13,18 +14,21 @@ from agents.config import SIZES, ConfigError, config_errors
 from agents.progress import progress_bar
 from envs.core import check_positive_int
 from robustness import ReportError
+from robustness.export import FORMATS
 from robustness.runner import BACKENDS, PRESETS, BenchmarkConfig, parse_sweep, run_grid
 
+DEFAULT_OUT = pathlib.Path("runs") / "benchmark"  # runs/ is ignored by git; results/ holds committed results
 DESCRIPTION = """Robustness benchmark: train every (scenario, method, lambda, seed) cell of a grid, attack it,
 diagnose it, and report IQMs with bootstrap confidence intervals.
 
     python benchmark.py --preset smoke                      # minutes on a 2-core CPU
-    python benchmark.py --preset full --jobs 2 --out results/full
+    python benchmark.py --preset full --jobs 2 --out runs/benchmark/full
     python benchmark.py --preset full --backend ray --address auto   # on a Ray cluster
 
-Results go to --out (default results/<preset>): run.json (command and grid),
+Results go to --out (default runs/benchmark/<preset>; results/ holds the committed results): run.json (command and grid),
 cells/<cell>.json, runs/<cell>/ (run directories, as train.py writes them), evaluations.csv,
-diagnostics.csv and report/ (tables and figures). Run the same command again after an
+diagnostics.csv, report/ (tables and figures) and, with --export marl-eval, marl_eval.json (the
+marl-eval/BenchMARL layout). Run the same command again after an
 interruption: finished cells are kept, a crashed cell resumes from its checkpoint. A bad value is one
 line naming it and what is allowed (exit code 2), refused before anything is trained or written."""
 
@@ -32,7 +36,7 @@ line naming it and what is allowed (exit code 2), refused before anything is tra
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = OneLineParser(description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="smoke", choices=sorted(PRESETS))
-    parser.add_argument("--out", type=pathlib.Path, help="results directory (default results/<preset>)")
+    parser.add_argument("--out", type=pathlib.Path, help="results directory (default runs/benchmark/<preset>)")
     parser.add_argument("--scenarios", nargs="+", help="override the preset's scenarios")
     parser.add_argument("--methods", nargs="+", help="override the preset's methods")
     parser.add_argument("--seeds", type=int, nargs="+", help="override the preset's seeds")
@@ -55,6 +59,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--address", help="Ray cluster address (default: a local Ray)")
     parser.add_argument("--reps", type=int, default=2000, help="bootstrap resamples of the report")
     parser.add_argument("--no-report", action="store_true", help="skip tables and figures")
+    parser.add_argument("--export", choices=FORMATS, action="append", default=[],
+                        help="also write the results in this layout (marl-eval: marl_eval.json, as BenchMARL writes)")
     return parser.parse_args(argv)
 
 
@@ -81,11 +87,26 @@ def grid_config(args: argparse.Namespace) -> BenchmarkConfig:
         return dataclasses.replace(config, **changes)
 
 
+REPORT_MODULES = ("pandas", "matplotlib", "rliable")
+
+
+def check_report_dependencies() -> None:
+    """Refuse (``ConfigError``, before the grid trains) when a module the report or export needs is missing."""
+    for name in REPORT_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            raise ConfigError(f"the report needs {name}, which is not installed: pip install -e '.[benchmark]' "
+                              "(the benchmark extra), or pass --no-report") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         config = grid_config(args)
-        out = args.out or pathlib.Path("results") / args.preset
+        if not args.no_report or args.export:
+            check_report_dependencies()
+        out = args.out or DEFAULT_OUT / args.preset
         command = "python " + " ".join(shlex.quote(arg) for arg in ["benchmark.py", *(argv or sys.argv[1:])])
         with progress_bar() as bar:
             task = bar.add_task(f"benchmark {args.preset}", total=None, status="")
@@ -98,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
             from robustness.report import write_report
             paths = write_report(out, reps=args.reps)
             print(f"report: {len(paths)} files in {out / 'report'} (start with {out / 'report' / 'index.md'})")
+        for fmt in args.export:
+            from robustness.export import write_export
+            print(f"export ({fmt}): {write_export(out, fmt)}")
     except (ConfigError, ReportError) as error:  # bad input named in one line; anything else keeps its traceback
         print(f"error: {error}", file=sys.stderr)
         return 2

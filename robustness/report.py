@@ -20,6 +20,15 @@ runner) and writes into ``RESULTS_DIR/report/``:
   worst-case robustness (``robustness.pareto``: each method's front over its settings, per seed; IQM
   [CI] over seeds), and Corollary 1's paired nominal difference AAJR - spectral at equal hinge budgets;
 * ``diagnostics.md/.csv``: IQM [CI] of every theory diagnostic per scenario x setting;
+* ``improvement.md/.csv``: under the headline attack, on the normalised score (``ratio_to_reference``
+  where higher is better, ``2 - ratio`` for a cost ratio; 1 = the scenario's reference): per scenario and
+  eps, rliable's probability of improvement P(aajr > G) and the paired per-seed win rate against every
+  other setting G; the same over all scenarios (tasks); and the IQM [CI] of the normalised score over
+  scenarios x seeds (stratified bootstrap, scenarios as tasks);
+* ``improvement.png`` (those probabilities over all scenarios, with CIs), ``performance_profiles.png``
+  (score distributions over scenarios x seeds, one panel per eps), ``learning_curves_<scenario>.png``
+  (IQM over seeds vs agent-steps from ``runs/<cell>/metrics.csv``: ``eval/return_per_agent`` when every
+  run has it, else ``charts/episodic_return``; skipped with a note in index.md without run directories);
 * ``robustness_<scenario>_<attack>_<mode>.png`` (return vs eps, CI bands), ``pareto_<scenario>.png``
   (nominal vs robust return, one panel per eps: per-seed points and a line per method across its
   settings), ``amplification_<scenario>.png`` (``||J u||`` vs ``||J P||_2`` per cell, y = x line);
@@ -48,13 +57,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from scipy.stats import trim_mean
 
 from regularizers import METHODS
 from robustness import MissingResultsError, ReportError
 from robustness.diagnostics import GAMMAS
 from robustness.pareto import matched_por_difference, pareto_front
 from robustness.stats import (BOOTSTRAP_SEED, CONFIDENCE, REPS, Estimate, aggregate, describe, differences_to_baseline,
-                              iqm_ci)
+                              iqm_ci, iqm_cis, performance_profiles, probability_of_improvement)
 
 CELL = ("scenario", "method", "reg_coef", "budget", "seed")
 EVAL_KEYS = (*CELL, "attack", "mode", "eps")
@@ -75,6 +85,7 @@ ROBUSTNESS_QUANTITIES = {"return_per_agent": "Return per agent (higher is better
                          "ratio_to_reference": "Ratio to reference"}
 PRICE_KEYS = ("scenario", "method", "reg_coef", "budget", "eps")
 DIAGNOSTIC_KEYS = ("scenario", "method", "reg_coef", "budget")
+ALL = "all"  # the scenario key of statistics over every scenario (scenarios as tasks)
 
 
 def read_table(path: pathlib.Path, keys: Sequence[str], values: Sequence[str]) -> list[dict[str, Any]]:
@@ -495,6 +506,196 @@ def amplification_figure(diags: list[dict[str, Any]], labels: Labels, scenario: 
     return fig
 
 
+def normalised_score(row: dict[str, Any]) -> float:
+    """The ratio to the scenario's reference made higher-is-better, 1 = the reference: the ratio itself
+    where higher is better (fraction of the reference welfare); ``2 - ratio`` where it is a cost ratio
+    (1 = optimal): one minus the excess cost over the optimum, linear, so IQMs and profiles keep their scale."""
+    return row["ratio_to_reference"] if row["ratio_higher_is_better"] else 2.0 - row["ratio_to_reference"]
+
+
+def headline_scores(evals: list[dict[str, Any]], attack: str, mode: str) -> dict[tuple, dict[int, float]]:
+    """``{(scenario, eps, method, reg_coef, budget): {seed: normalised score}}`` under ``attack``/``mode``."""
+    scores: dict[tuple, dict[int, float]] = {}
+    for row in evals:
+        if (row["attack"], row["mode"]) == (attack, mode):
+            key = (row["scenario"], row["eps"], row["method"], row["reg_coef"], row["budget"])
+            scores.setdefault(key, {})[row["seed"]] = normalised_score(row)
+    return scores
+
+
+def score_matrix(scores: dict[tuple, dict[int, float]], scenarios: Sequence[str], eps: float,
+                 cells: Sequence[tuple]) -> np.ndarray | None:
+    """seeds x scenarios x cells array of normalised scores over the seeds every (scenario, cell) has;
+    None when a cell misses a scenario or no seed is common."""
+    keys = [(scenario, eps, *cell) for scenario in scenarios for cell in cells]
+    if any(key not in scores for key in keys):
+        return None
+    seeds = sorted(set.intersection(*(set(scores[key]) for key in keys)))
+    if not seeds:
+        return None
+    return np.array([[[scores[(scenario, eps, *cell)][seed] for cell in cells] for scenario in scenarios]
+                     for seed in seeds])
+
+
+def improvement_tables(evals: list[dict[str, Any]], labels: Labels, attack: str, mode: str,
+                       reps: int) -> tuple[str, list[dict], dict]:
+    """Markdown and CSV rows of the normalised-score statistics under the headline attack: per scenario
+    and eps, P(aajr > G) for every other setting G (rliable's, every pair of runs, and the paired
+    per-seed win rate); over scenarios (tasks), the same and the IQM of the normalised score of every
+    setting present in all scenarios. Also the data of the figures."""
+    scores = headline_scores(evals, attack, mode)
+    scenarios = unique(key[0] for key in scores)
+    grid = sorted(unique(key[1] for key in scores))
+    every = Labels([{**row, "scenario": ALL} for row in evals if row["scenario"] in scenarios])
+    common = [cell for cell in every.cells[ALL] if all(cell in labels.cells[s] for s in scenarios)]
+    markdown = [(f"Attack: `{attack}`, `{mode}` shock. Normalised score: `ratio_to_reference` where higher is "
+                 "better, `2 - ratio` where it is a cost ratio (1 = the scenario's reference in both, higher is "
+                 "better; `2 - ratio`: one minus the excess cost). P(X > Y): rliable's probability of improvement, over every pair of runs (ties 1/2), "
+                 "averaged over tasks; paired: the fraction of seeds in which X beats Y. 95% CIs from one "
+                 f"bootstrap of the seeds (within each task) that keeps a seed's pair together. n: scores per "
+                 "method (seeds x tasks).\n\n")]
+    csv_rows: list[dict[str, Any]] = []
+    figures: dict[str, Any] = {"improvement": {}, "profiles": {}, "aggregate": {}, "labels": every}
+
+    def compare(name: str, tasks: Sequence[str], eps: float, cell_labels: Labels, scope: str) -> list[list[str]]:
+        cells = common if scope == ALL else labels.cells[scope]
+        body = []
+        for focus in (c for c in cells if c[0] == FOCUS):
+            for other in (c for c in cells if c[0] != FOCUS):
+                matrix = score_matrix(scores, tasks, eps, [focus, other])
+                if matrix is None:
+                    continue
+                unpaired, paired = probability_of_improvement(
+                    matrix[..., 0], matrix[..., 1], f"P({focus} > {other}) at {name} ε={eps:g}", reps)
+                pair = (cell_labels(scope, *focus), cell_labels(scope, *other))
+                body.append([name, f"{eps:g}", *pair, str(unpaired), str(paired), str(unpaired.n)])
+                for quantity, e in (("probability_of_improvement", unpaired), ("paired_win_rate", paired)):
+                    csv_rows.append({"scenario": name, "eps": eps, "method": focus[0], "reg_coef": focus[1],
+                                     "budget": focus[2], "against": other[0], "against_reg_coef": other[1],
+                                     "against_budget": other[2], "quantity": quantity, "iqm": e.iqm,
+                                     "ci_low": e.lo, "ci_high": e.hi, "n": e.n})
+                if scope == ALL:
+                    figures["improvement"][(eps, f"{pair[0]} > {pair[1]}")] = (unpaired, paired)
+        return body
+
+    header = ["scenario", "ε", "X", "Y", "P(X > Y)", "paired", "n"]
+    body = [row for scenario in scenarios for eps in grid for row in compare(scenario, [scenario], eps, labels, scenario)]
+    markdown.append(f"## Probability of improvement of {FOCUS} per scenario\n\n" + (markdown_table(header, body)
+                    if body else f"Not computed: the grid needs `{FOCUS}` and another method.\n\n"))
+    body = [row for eps in grid for row in compare(ALL, scenarios, eps, every, ALL)]
+    markdown.append(f"## Probability of improvement of {FOCUS} over all scenarios (tasks)\n\n"
+                    + (markdown_table(header, body) if body else
+                       f"Not computed: the grid needs `{FOCUS}` and another method in every scenario.\n\n"))
+    rows = []
+    for eps in grid:
+        matrix = score_matrix(scores, scenarios, eps, common)
+        if matrix is None:
+            continue
+        names = [f"normalised score of {every('all', *cell)} at ε={eps:g}" for cell in common]
+        estimates = iqm_cis(matrix, names, reps)
+        figures["profiles"][eps] = {every(ALL, *cell): matrix[..., i] for i, cell in enumerate(common)}
+        for cell, estimate in zip(common, estimates):
+            figures["aggregate"][(eps, every(ALL, *cell))] = estimate
+            rows.append([every(ALL, *cell), f"{eps:g}", str(estimate)])
+            csv_rows.append({"scenario": ALL, "eps": eps, "method": cell[0], "reg_coef": cell[1], "budget": cell[2],
+                             "quantity": "normalised_score_iqm", "iqm": estimate.iqm, "ci_low": estimate.lo,
+                             "ci_high": estimate.hi, "n": estimate.n})
+    markdown.append("## Aggregate over scenarios: IQM of the normalised score\n\nIQM over scenarios x seeds, 95% CI "
+                    "from the stratified bootstrap with the scenarios as tasks; settings present in every "
+                    "scenario.\n\n" + (markdown_table(["method", "ε", "IQM [95% CI]"], rows) if rows else
+                                       "Not computed: no setting has runs in every scenario.\n\n"))
+    return "".join(markdown), csv_rows, figures
+
+
+def improvement_figure(improvement: dict, attack: str) -> Figure:
+    """Per eps, P(X > Y) and the paired win rate with their CIs, one row per pair ``"X > Y"`` of an aajr
+    setting X and another setting Y."""
+    grid = sorted(unique(eps for eps, _ in improvement))
+    others = unique(other for _, other in improvement)
+    fig = Figure(figsize=(3.2 * len(grid) + 1.5, 0.45 * len(others) + 1.6))
+    for column, eps in enumerate(grid):
+        ax = fig.add_subplot(1, len(grid), column + 1)
+        for row, other in enumerate(others):
+            if (eps, other) not in improvement:
+                continue
+            for shift, estimate, color, name in zip((-0.15, 0.15), improvement[(eps, other)], ("C0", "C1"),
+                                                    ("P(X > Y), every pair of runs", "paired (per seed)")):
+                ax.errorbar(estimate.iqm, row + shift, xerr=[[estimate.iqm - estimate.lo], [estimate.hi - estimate.iqm]],
+                            fmt="o", color=color, capsize=3, label=name if row == 0 else None)
+        ax.axvline(0.5, color="grey", linestyle="--", linewidth=1)
+        ax.set(xlim=(-0.02, 1.02), yticks=range(len(others)), yticklabels=others if column == 0 else [],
+               xlabel="probability", title=f"ε={eps:g}, {attack} attack")
+        ax.invert_yaxis()
+    fig.axes[0].legend(fontsize="small", loc="lower left")
+    return fig
+
+
+def profile_figure(profiles: dict[float, dict[str, np.ndarray]], reps: int) -> Figure:
+    """Per eps, the score distribution of every setting (fraction of runs above tau), 95% CI bands."""
+    grid = sorted(profiles)
+    fig = Figure(figsize=(4.5 * len(grid), 4))
+    for column, eps in enumerate(grid):
+        ax = fig.add_subplot(1, len(grid), column + 1)
+        values = np.concatenate([v.ravel() for v in profiles[eps].values()])
+        taus = np.linspace(values.min() - 1e-3, values.max() + 1e-3, 101)
+        for index, (name, (profile, lo, hi)) in enumerate(performance_profiles(profiles[eps], taus, reps).items()):
+            ax.plot(taus, profile, label=name, **style(index))
+            ax.fill_between(taus, lo, hi, color=style(index)["color"], alpha=0.15)
+        ax.set(xlabel="normalised score τ (1 = reference)", ylabel="fraction of runs with score > τ",
+               title=f"ε={eps:g}", ylim=(-0.02, 1.02))
+        ax.legend(fontsize="small")
+    return fig
+
+
+LEARNING_CURVE_COLUMNS = ("eval/return_per_agent", "charts/episodic_return")
+CURVE_POINTS = 50
+
+
+def learning_curves(results_dir: pathlib.Path) -> tuple[dict[tuple, dict[int, tuple]], str | None]:
+    """Per (scenario, method, reg_coef, budget): ``{seed: (agent_steps, return)}`` from the run directories
+    named in ``cells/*.json``, and the column used: the periodic evaluation's ``eval/return_per_agent``
+    when every run has it, else the training ``charts/episodic_return``. Empty when no run has metrics."""
+    frames = {}
+    for path in sorted((results_dir / "cells").glob("*.json")):
+        metrics_csv = results_dir / "runs" / path.stem / "metrics.csv"
+        if metrics_csv.is_file():
+            cell = json.loads(path.read_text())["cell"]
+            key = (cell["scenario"], cell["method"], float(cell["reg_coef"]), float(cell.get("budget", 0.0)))
+            frames[(key, int(cell["seed"]))] = pd.read_csv(metrics_csv)
+    column = next((c for c in LEARNING_CURVE_COLUMNS
+                   if frames and all(c in f and f[c].notna().any() for f in frames.values())), None)
+    curves: dict[tuple, dict[int, tuple]] = {}
+    if column is None or any("charts/agent_steps" not in f for f in frames.values()):
+        return {}, None
+    for (key, seed), frame in frames.items():
+        frame = frame[["charts/agent_steps", column]].dropna()
+        curves.setdefault(key, {})[seed] = (frame["charts/agent_steps"].to_numpy(float), frame[column].to_numpy(float))
+    return curves, column
+
+
+def resample_curves(runs: dict[int, tuple], points: int = CURVE_POINTS) -> tuple[np.ndarray, np.ndarray]:
+    """The runs' curves interpolated onto one grid of agent-steps over the range they all cover:
+    ``(steps (points,), values (seeds, points))``."""
+    start = max(steps[0] for steps, _ in runs.values())
+    stop = min(steps[-1] for steps, _ in runs.values())
+    grid = np.linspace(start, stop, points) if stop > start else np.array([stop])
+    return grid, np.array([np.interp(grid, steps, values) for steps, values in runs.values()])
+
+
+def learning_curve_figure(curves: dict[tuple, dict[int, tuple]], labels: Labels, scenario: str, column: str) -> Figure:
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    for index, cell in enumerate(labels.cells[scenario]):
+        runs = {seed: run for seed, run in curves.get((scenario, *cell), {}).items() if len(run[0])}
+        if runs:
+            steps, values = resample_curves(runs)
+            ax.plot(steps, trim_mean(values, 0.25, axis=0), label=labels(scenario, *cell), **style(index))
+            ax.fill_between(steps, values.min(axis=0), values.max(axis=0), color=style(index)["color"], alpha=0.15)
+    ax.set(xlabel="agent-steps", ylabel=f"{column} (IQM over seeds; band: min-max)", title=f"{scenario}: learning curves")
+    ax.legend(fontsize="small")
+    return fig
+
+
 def write_report(results_dir: str | pathlib.Path, reps: int = REPS, attack: str = HEADLINE_ATTACK,
                  mode: str = "shared") -> list[pathlib.Path]:
     """Write the tables, figures and index of ``results_dir`` into ``results_dir/report``; return
@@ -546,26 +747,50 @@ def write_report(results_dir: str | pathlib.Path, reps: int = REPS, attack: str 
         figure(scenario, amplification_figure(diags, labels, scenario), f"amplification_{scenario}.png",
                f"{scenario}: directional amplification ||J u|| along PGA trajectories vs global ||J||_2 at the "
                "same states, one point per trained policy (cell), colored by method; dashed: y = x.")
-    written.append(write_index(out, provenance, figures))
+    markdown, csv_rows, data = improvement_tables(evals, labels, attack, mode, reps)
+    table("improvement", "Probability of improvement and aggregate over scenarios", markdown, csv_rows)
+    if data["improvement"]:
+        figure(ALL, improvement_figure(data["improvement"], attack), "improvement.png",
+               f"All scenarios as tasks, {attack} attack ({mode} shock), one panel per ε: probability that each "
+               f"{FOCUS} setting X scores higher (normalised score) than each other setting Y, over every pair of runs (blue) and paired per seed "
+               "(orange), with 95% CIs; dashed: 0.5.")
+    if data["profiles"]:
+        figure(ALL, profile_figure(data["profiles"], reps), "performance_profiles.png",
+               f"All scenarios x seeds, {attack} attack ({mode} shock), one panel per ε: fraction of runs whose "
+               "normalised score (1 = the scenario's reference) exceeds τ, with 95% CI bands; higher and further "
+               "right is better.")
+    notes = []
+    curves, column = learning_curves(results_dir)
+    for scenario in unique(key[0] for key in curves):
+        figure(scenario, learning_curve_figure(curves, labels, scenario, column), f"learning_curves_{scenario}.png",
+               f"{scenario}: {column} against agent-steps during training, IQM over seeds per method (band: the "
+               "seeds' min and max).")
+    if not curves:
+        notes.append("Learning curves: not drawn, no run directory with a metrics.csv under runs/ (committed results "
+                     "keep only cells/ and the CSVs; rerun the grid to get them).")
+    written.append(write_index(out, provenance, figures, notes))
     return written
 
 
-def write_index(out: pathlib.Path, provenance: Provenance,
-                figures: list[tuple[str, pathlib.Path, str]]) -> pathlib.Path:
+def write_index(out: pathlib.Path, provenance: Provenance, figures: list[tuple[str, pathlib.Path, str]],
+                notes: Sequence[str] = ()) -> pathlib.Path:
     """``index.md``: links to the tables, the figures with their captions, the provenance."""
     lines = ["# Robustness benchmark report\n\n## Tables\n\n"]
     for name, title in (("robustness", "Robustness: return and ratio to reference vs ε per attack and method"),
                         ("attacks", "Attacks: budget use, the worst attack per seed, gradient-masking warnings"),
                         ("price_of_robustness", "Price of Robustness: nominal return lost vs robust return gained"),
                         ("tradeoff", "ΔPoR at matched robustness (AAJR against each global method), Corollary 1"),
-                        ("diagnostics", "Theory diagnostics: amplification, budget, curvature, PGA stability")):
+                        ("diagnostics", "Theory diagnostics: amplification, budget, curvature, PGA stability"),
+                        ("improvement", f"Probability of improvement of {FOCUS} over each method (per scenario and "
+                                        "over scenarios) and the IQM of the normalised score over scenarios")):
         lines.append(f"- [{title}]({name}.md) ([CSV]({name}.csv), provenance: "
                      f"[{name}.provenance.json]({name}.provenance.json))\n")
     lines.append("\nCSV tables are long: key columns, then quantity, iqm, ci_low, ci_high, n (seeds); each has a "
                  "sidecar `<name>.provenance.json` with the commands. Figures carry them in their PNG metadata.\n")
     for scenario in unique(scenario for scenario, _, _ in figures):
-        lines.append(f"\n## Figures: {scenario}\n")
+        lines.append(f"\n## Figures: {'all scenarios' if scenario == ALL else scenario}\n")
         lines += [f"\n![{path.stem}]({path.name})\n\n*{caption}*\n" for s, path, caption in figures if s == scenario]
+    lines += [f"\n{note}\n" for note in notes]
     path = out / "index.md"
     path.write_text("".join(lines) + provenance.footer())
     return path

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from agents.config import SIZES, ConfigError, TrainConfig, check_run_seed, config_errors, parse_overrides, resolve
+from agents.config import SIZES, ConfigError, TrainConfig, to_dict as config_to_dict, check_run_seed, config_errors, parse_overrides, resolve
 from agents.run import (CHECKPOINT, CONFIG, atomic_write, atomic_write_csv, check_device, load_config, load_run,
                         read_json, train)
 from envs.core import SCENARIOS, check_choice, check_positive_int, check_real
@@ -223,6 +223,15 @@ def check_grid(config: BenchmarkConfig) -> None:
         check_device(device)
 
 
+LOGGING_FIELDS = ("eval_every", "eval_episodes", "eval_attack", "eval_eps", "track", "wandb_project")
+
+
+def training_fields(config: TrainConfig) -> dict[str, Any]:
+    """The run config without the fields that only decide what is logged (``LOGGING_FIELDS``): a run
+    started before such a field existed, or with other logging, resumes as the same cell."""
+    return {key: value for key, value in config_to_dict(config).items() if key not in LOGGING_FIELDS}
+
+
 def run_cell(cell: Cell, config: BenchmarkConfig, results_dir: pathlib.Path | str) -> dict[str, Any]:
     """Train (or resume), evaluate and diagnose one cell; writes and returns its result."""
     torch.set_num_threads(1)
@@ -233,10 +242,11 @@ def run_cell(cell: Cell, config: BenchmarkConfig, results_dir: pathlib.Path | st
     run_dir = results_dir / "runs" / cell.name
     run_config = cell_config(cell, config)
     if (run_dir / CHECKPOINT).exists():
-        if load_config(run_dir) != run_config:
+        saved = load_config(run_dir)
+        if training_fields(saved) != training_fields(run_config):
             raise ConfigError(f"{run_dir / CONFIG} holds another run config than cell {cell.name} asks for; "
                               f"move {run_dir} away to train the cell again")
-        summary = train(run_config, run_dir, resume=True, progress=False)
+        summary = train(saved, run_dir, resume=True, progress=False)  # its own logging settings, too
     else:
         summary = train(run_config, run_dir, progress=False)
     if summary is None:

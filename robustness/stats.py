@@ -12,6 +12,15 @@ method): a replicate resamples the runs (seeds) with replacement separately with
 and the interval is the 2.5% and 97.5% percentiles of the IQMs of ``reps`` replicates. With a
 single run every replicate is that run: the interval collapses to the point.
 
+Probability of improvement (Agarwal et al. 2021, ``rliable.metrics.probability_of_improvement``) of X
+over Y on runs x tasks scores: per task, P(X > Y) over every pair of runs (ties count 1/2, the
+Mann-Whitney U statistic over n_x * n_y), averaged over tasks; beside it the paired win rate, the
+fraction of seeds in which X beats Y. Their CIs come from one bootstrap that resamples the seeds within
+each task and keeps X's and Y's run of a seed together (``probability_of_improvement``).
+
+Performance profile (score distribution, ``rliable.library.create_performance_profile``): at threshold
+tau, the fraction of runs, all tasks pooled, whose score exceeds tau; CIs by the same stratified bootstrap.
+
 Reproducibility: rliable 1.2 draws the resampling indices from NumPy's global generator (its
 ``random_state`` argument does not reach them), so every call seeds the global generator with
 ``seed`` and restores its previous state afterwards. Many cells bootstrapped in one call (a runs x
@@ -21,12 +30,13 @@ array and the seed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from rliable import library
+from rliable import library, metrics
 from scipy.stats import trim_mean
 
 from robustness import ReportError
@@ -66,16 +76,75 @@ def iqm_cis(scores: np.ndarray, cells: Sequence[str], reps: int = REPS, seed: in
     bad = np.flatnonzero(~np.isfinite(scores).all(axis=(0, 1)))
     if bad.size:
         raise ReportError("NaN or infinite score in " + "; ".join(cells[i] for i in bad))
-    state = np.random.get_state()
-    np.random.seed(seed)
-    try:
+    with seeded_bootstrap(seed):
         points, intervals = library.get_interval_estimates(
             {"scores": scores}, pooled_iqm, reps=reps, confidence_interval_size=CONFIDENCE)
-    finally:
-        np.random.set_state(state)
     n = scores.shape[0] * scores.shape[1]
     lows, highs = intervals["scores"]
     return [Estimate(float(p), float(lo), float(hi), n) for p, lo, hi in zip(points["scores"], lows, highs)]
+
+
+@contextlib.contextmanager
+def seeded_bootstrap(seed: int) -> Iterator[None]:
+    """NumPy's global generator (rliable's bootstrap draws from it) seeded by ``seed``, restored afterwards."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
+def improvement_probabilities(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """P(X > Y) over every pair of runs and over the seeds (row i of ``x`` with row i of ``y``), ties
+    counting 1/2, per task and averaged over tasks, of ``... x runs x tasks`` arrays (leading batch axes)."""
+    def wins(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return (a > b) + 0.5 * (a == b)
+    every_pair = wins(x[..., :, None, :], y[..., None, :, :]).mean(axis=(-3, -2, -1))
+    return every_pair, wins(x, y).mean(axis=(-2, -1))
+
+
+def probability_of_improvement(x: np.ndarray, y: np.ndarray, name: str = "P(X > Y)", reps: int = REPS,
+                               seed: int = BOOTSTRAP_SEED) -> tuple[Estimate, Estimate]:
+    """rliable's P(X > Y) (every pair of runs) and the paired win rate (the fraction of seeds in which X
+    beats Y) of two runs x tasks arrays whose rows are the same seeds, ties counting 1/2.
+
+    One bootstrap gives both CIs: a replicate resamples the seeds within each task and keeps X's and
+    Y's run of a seed together (rliable's ``StratifiedBootstrap`` resamples every entry of an extra
+    axis independently, so it cannot pair; its ``StratifiedIndependentBootstrap`` does not pair either).
+    ``Estimate.iqm`` holds the probability; percentile interval, as everywhere here.
+    """
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x.ndim == 1 and y.ndim == 1:
+        x, y = x[:, None], y[:, None]
+    if x.shape != y.shape or x.ndim != 2 or x.size == 0:
+        raise ReportError(f"{name}: expected two runs x tasks arrays of the same shape (paired by seed), got "
+                         f"{x.shape} and {y.shape}")
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        raise ReportError(f"NaN or infinite score in {name}")
+    runs, tasks = x.shape
+    indices = np.random.default_rng(seed).integers(0, runs, size=(reps, runs, tasks))
+    columns = np.arange(tasks)
+    replicates = improvement_probabilities(x[indices, columns], y[indices, columns])
+    points = (metrics.probability_of_improvement(x, y), improvement_probabilities(x, y)[1])
+    tail = 100 * (1 - CONFIDENCE) / 2
+    unpaired, paired = (Estimate(float(point), *map(float, np.percentile(values, [tail, 100 - tail])), x.size)
+                        for point, values in zip(points, replicates))
+    return unpaired, paired
+
+
+def performance_profiles(scores: Mapping[str, np.ndarray], taus: np.ndarray, reps: int = REPS,
+                         seed: int = BOOTSTRAP_SEED) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Score distributions: per name, ``(profile, lo, hi)`` over ``taus``, ``profile[i]`` the fraction of
+    the runs x tasks scores above ``taus[i]``, with stratified-bootstrap CIs."""
+    arrays = {name: np.asarray(value, dtype=float).reshape(len(value), -1) for name, value in scores.items()}
+    bad = [name for name, value in arrays.items() if value.size == 0 or not np.isfinite(value).all()]
+    if bad:
+        raise ReportError("empty, NaN or infinite scores in the performance profile of " + "; ".join(bad))
+    with seeded_bootstrap(seed):
+        profiles, intervals = library.create_performance_profile(
+            arrays, np.asarray(taus, dtype=float), reps=reps, confidence_interval_size=CONFIDENCE)
+    return {name: (np.asarray(profiles[name]), *np.asarray(intervals[name])) for name in arrays}
 
 
 def iqm_ci(scores: np.ndarray, cell: str = "scores", reps: int = REPS, seed: int = BOOTSTRAP_SEED) -> Estimate:

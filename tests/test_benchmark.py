@@ -158,3 +158,40 @@ def test_ray_backend_gives_the_same_results_as_the_local_backend(tmp_path, monke
         shutil.rmtree(ray_dir, ignore_errors=True)
     assert results_of(remote) == results_of(local)
     assert (remote / "evaluations.csv").read_text() == (local / "evaluations.csv").read_text()
+
+
+def test_benchmark_refuses_a_missing_report_dependency_before_training(tmp_path, monkeypatch, capsys):
+    from robustness import cli, runner
+    monkeypatch.setitem(sys.modules, "rliable", None)  # importing it raises ImportError
+    monkeypatch.setattr(runner, "run_grid", lambda *args, **kwargs: pytest.fail("trained without the report's extra"))
+    monkeypatch.setattr(cli, "run_grid", runner.run_grid)
+    assert cli.main(["--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "rliable" in err[0] and "benchmark" in err[0] and "--no-report" in err[0]
+    assert not (tmp_path / "out").exists()
+    assert cli.main(["--out", str(tmp_path / "out"), "--no-report", "--export", "marl-eval"]) == 2
+
+
+def test_benchmark_default_out_is_outside_the_committed_results(monkeypatch, tmp_path):
+    from robustness import cli
+    seen = {}
+    monkeypatch.setattr(cli, "run_grid", lambda config, out, *args: seen.setdefault("out", out))
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["--preset", "full", "--no-report"]) == 0
+    assert seen["out"] == pathlib.Path("runs/benchmark/full")
+    assert subprocess.run(["git", "check-ignore", "-q", "runs/benchmark/full/run.json"], cwd=ROOT).returncode == 0
+
+
+@pytest.mark.parametrize("device", ["mps", "xpu", "cuda", "cuda:7", "tpu"])
+def test_benchmark_checks_every_device_before_writing(tmp_path, device, capsys):
+    import torch
+
+    from robustness import cli
+    kind = device.split(":")[0]
+    backend = {"cuda": torch.cuda, "mps": getattr(torch.backends, "mps", None), "xpu": getattr(torch, "xpu", None)}
+    if kind in backend and backend[kind] is not None and backend[kind].is_available():
+        pytest.skip(f"{kind} is available here")
+    assert cli.main(["--out", str(tmp_path / "out"), "--no-report", "--set", f"device={device}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and repr(device) in err[-1]
+    assert not (tmp_path / "out").exists()

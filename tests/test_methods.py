@@ -102,7 +102,7 @@ def test_a_method_registered_through_the_registry_alone_trains(registered, tmp_p
         row = next(csv.DictReader(f))
     assert float(row["reg/action_size"]) > 0 and float(row["losses/penalty"]) == float(row["reg/action_size"])
     assert run.load_config(tmp_path / "run") == config
-    assert method_key(("actsize", 2.0)) > method_key(("aajr+adv", 0.1))  # reported after the built-in methods
+    assert method_key(("actsize", 2.0, 0.0)) > method_key(("aajr+adv", 0.1, 0.0))  # reported after the built-in methods
 
 
 def test_registry_entries_are_checked(registered):
@@ -118,7 +118,7 @@ SLOW = ["scenario=routing", "size=small", "total_agent_steps=12000", "eval_envs=
 def final_diagnostic(method, reg_coef, key, *extra):
     config = resolve(parse_overrides(SLOW + [f"method={method}", f"reg_coef={reg_coef}", *extra]))
     learner, rows = train_iterations(config)
-    assert all(math.isfinite(row["losses/policy"]) for row in rows)
+    assert all(math.isfinite(row["losses/policy_loss"]) for row in rows)
     return sum(row[key] for row in rows[-5:]) / 5
 
 
@@ -146,4 +146,4 @@ def test_adversarial_training_rolls_out_under_shocks_that_raise_the_system_loss(
     learner, rows = train_iterations(resolve(parse_overrides(SLOW + ["method=adv", "shock_warmup=0"])))
     assert all(row["shock/prob"] == 0.5 for row in rows)
     assert sum(row["shock/gain"] for row in rows) / len(rows) > 0
-    assert torch.isfinite(torch.tensor([row["losses/value"] for row in rows])).all()
+    assert torch.isfinite(torch.tensor([row["losses/value_loss"] for row in rows])).all()

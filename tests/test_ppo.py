@@ -1,12 +1,13 @@
 """PPO pieces against hand-computed cases; stacked networks against separate modules."""
 
+import math
 
 import pytest
 import torch
 
 from agents.networks import StackedMLP, mlp
 from agents.policy import MultiAgentActorCritic, RunningNorm
-from agents.ppo import clipped_surrogate, compute_gae, value_loss
+from agents.ppo import clipped_surrogate, compute_gae, explained_variance, value_loss
 
 
 def test_gae_hand_computed_with_truncation_bootstrap():
@@ -110,3 +111,26 @@ def test_running_norm_matches_batch_statistics():
         norm.update(chunk)
     torch.testing.assert_close(norm.mean, data.mean(0), atol=1e-3, rtol=0)
     torch.testing.assert_close(norm.var, data.var(0, unbiased=False), atol=1e-2, rtol=1e-3)
+
+
+def test_explained_variance_hand_computed():
+    returns = torch.tensor([[1.0, 2.0], [3.0, 4.0]])  # (M=2, N=2): every element counts
+    values = torch.tensor([[1.0, 2.0], [3.0, 5.0]])
+    # Var[returns] = 1.25; returns - values = (0, 0, 0, -1): mean -0.25, Var = (3 * 0.0625 + 0.5625) / 4 = 0.1875
+    assert explained_variance(values, returns) == pytest.approx(1 - 0.1875 / 1.25)
+    assert explained_variance(returns, returns) == 1.0
+    assert explained_variance(torch.full_like(returns, 2.5), returns) == pytest.approx(0.0)
+    assert math.isnan(explained_variance(values, torch.ones_like(returns)))  # returns that do not vary
+
+
+def test_the_learner_logs_the_explained_variance_of_its_rollout():
+    from agents.learner import PPOLearner
+    from agents.ppo import PPOConfig
+    from envs.vector import TorchVectorEnv
+    env = TorchVectorEnv("commons", num_envs=4, seed=0, n_agents=2, n_resources=2, horizon=5)
+    learner = PPOLearner(env, PPOConfig(num_envs=4, rollout_steps=5, update_epochs=1, num_minibatches=2),
+                         total_iterations=1, seed=0)
+    batch, _ = learner.collect()
+    returns, values = batch.returns.double().numpy(), batch.values.double().numpy()
+    expected = 1 - (returns - values).var() / returns.var()  # CleanRL's numpy formula
+    assert learner.update(batch)["losses/explained_variance"] == pytest.approx(float(expected), rel=1e-9)

@@ -170,7 +170,8 @@ def test_every_file_is_written(written):
         assert {f"robustness_{scenario}_{a}_{m}.png" for a, m in ATTACKS + WORST} <= names
     assert "index.md" in names
     assert all(path.is_file() and path.parent == out for path in paths)
-    assert len(names) == len(paths) == 5 * 3 + 2 * (2 + len(ATTACKS + WORST)) + 1
+    # 6 tables x (md, csv, sidecar), per scenario its figures, improvement.png, performance_profiles.png, index
+    assert len(names) == len(paths) == 6 * 3 + 2 * (2 + len(ATTACKS + WORST)) + 2 + 1
 
 
 def test_eps_zero_column_equals_the_nominal_values(written):
@@ -344,3 +345,107 @@ def test_tradeoff_table_recovers_a_constructed_gap_at_matched_robustness():
     assert sorted(row["budget"] for row in corollary) == [0.1, 0.2]
     assert all(row["iqm"] == pytest.approx(1.0) for row in corollary)
     assert "| routing | 0.1 | spectral | -1 [-1, -1] | 4 of 4 |" in markdown
+
+
+# ---------------------------------------------------------------- probability of improvement, profiles
+
+
+def test_probability_of_improvement_known_answers():
+    x = np.array([[3.0, 5.0], [4.0, 6.0], [5.0, 7.0]])  # seeds x tasks
+    unpaired, paired = stats.probability_of_improvement(x + 1.0, x, reps=REPS)
+    # every seed improves: paired = 1; over all 3 x 3 pairs per task: 6 wins, 2 ties, 1 loss -> 7/9
+    assert paired.iqm == paired.lo == paired.hi == 1.0
+    assert unpaired.iqm == pytest.approx(7 / 9) == pytest.approx(metrics.probability_of_improvement(x + 1, x))
+    unpaired, paired = stats.probability_of_improvement(x + 10.0, x, reps=REPS)
+    assert (unpaired.iqm, unpaired.lo, unpaired.hi, paired.iqm) == (1.0, 1.0, 1.0, 1.0)
+    unpaired, paired = stats.probability_of_improvement(x, x, reps=REPS)
+    assert unpaired.iqm == paired.iqm == 0.5 and unpaired.n == 6
+    # one task where X wins every seed, one where it loses every seed: the average over tasks is 1/2
+    mixed = x.copy()
+    mixed[:, 1] -= 10.0
+    assert stats.probability_of_improvement(mixed + 0.5, x, reps=REPS)[1].iqm == 0.5
+
+
+def test_probability_of_improvement_refuses_unpaired_or_nan_scores():
+    with pytest.raises(stats.ReportError, match="same shape"):
+        stats.probability_of_improvement(np.zeros((3, 2)), np.zeros((4, 2)))
+    with pytest.raises(stats.ReportError, match="NaN"):
+        stats.probability_of_improvement(np.array([1.0, np.nan]), np.array([0.0, 0.0]))
+
+
+def test_performance_profile_is_the_fraction_of_runs_above_tau():
+    scores = {"a": np.array([[0.1, 0.5], [0.2, 0.9], [0.3, 0.7]]), "b": np.full((3, 2), 0.4)}
+    taus = np.array([0.0, 0.25, 0.6, 1.0])
+    profiles = stats.performance_profiles(scores, taus, reps=REPS)
+    np.testing.assert_allclose(profiles["a"][0], [1.0, 4 / 6, 2 / 6, 0.0])  # 0.3 0.5 0.7 0.9 > 0.25; 0.7 0.9 > 0.6
+    np.testing.assert_allclose(profiles["b"][0], [1.0, 1.0, 0.0, 0.0])
+    np.testing.assert_allclose(profiles["b"][1], profiles["b"][2])  # identical runs: the CI collapses
+    assert np.all(profiles["a"][1] <= profiles["a"][0]) and np.all(profiles["a"][0] <= profiles["a"][2])
+
+
+def test_normalised_score_is_higher_is_better_with_one_at_the_reference():
+    welfare = {"ratio_to_reference": 0.8, "ratio_higher_is_better": 1}
+    cost = {"ratio_to_reference": 1.25, "ratio_higher_is_better": 0}
+    assert report.normalised_score(welfare) == 0.8 and report.normalised_score(cost) == 0.75
+    assert report.normalised_score({**cost, "ratio_to_reference": 1.0}) == 1.0
+
+
+def test_report_writes_improvement_tables_and_figures(written):
+    out, paths = written
+    names = {path.name for path in paths}
+    assert {"improvement.md", "improvement.csv", "improvement.provenance.json", "improvement.png",
+            "performance_profiles.png"} <= names
+    table = read(out, "improvement")
+    # routing is a cost scenario: 2 - ret/30 is higher for aajr λ=1 (lower return) than ppo in every seed at eps 0
+    row = table[(table.scenario == "routing") & (table.eps == 0) & (table.reg_coef == 1.0) & (table.against == "ppo")
+                & (table.quantity == "paired_win_rate")]
+    assert row.iqm.tolist() == [1.0]
+    commons = table[(table.scenario == "commons") & (table.eps == 0) & (table.against == "ppo")
+                    & (table.quantity == "paired_win_rate")]
+    assert commons.iqm.tolist() == [0.0, 0.0]
+    aggregate = table[(table.scenario == "all") & (table.quantity == "normalised_score_iqm")]
+    assert len(aggregate) == len(CELLS) * len(EPS) and set(aggregate.n) == {len(SEEDS) * len(SCENARIOS)}
+    ppo0 = aggregate[(aggregate.method == "ppo") & (aggregate.eps == 0)].iqm.item()
+    expected = [10.0 * (1 + SCENARIOS[s]) + NOISE[seed] for s in SCENARIOS for seed in SEEDS]
+    scores = [e / 30 if SCENARIOS[s] else 2 - e / 30 for e, s in zip(expected, np.repeat(list(SCENARIOS), len(SEEDS)))]
+    assert ppo0 == pytest.approx(trim_mean(scores, 0.25))
+    index = (out / "index.md").read_text()
+    assert "improvement.png" in index and "performance_profiles.png" in index and "[CSV](improvement.csv)" in index
+    assert "Learning curves: not drawn" in index
+    assert Image.open(out / "performance_profiles.png").info["Source"] == COMMAND
+    assert (out / "improvement.md").read_text().rstrip().endswith("bootstrap seed 0).")
+
+
+def write_run_dirs(results, eval_column):
+    """cells/*.json and runs/<cell>/metrics.csv for every cell of the fixture: return = steps / 100 + seed."""
+    for scenario in SCENARIOS:
+        for method, coef in CELLS:
+            for seed in SEEDS:
+                name = f"{scenario}-{method}-lam{coef:g}-seed{seed}"
+                (results / "cells").mkdir(exist_ok=True)
+                (results / "cells" / f"{name}.json").write_text(json.dumps({
+                    "cell": {"scenario": scenario, "method": method, "reg_coef": coef, "seed": seed, "budget": 0.0},
+                    "training": {"agent_steps": 400}}))
+                run = results / "runs" / name
+                run.mkdir(parents=True, exist_ok=True)
+                rows = [{"iteration": i, "charts/agent_steps": 100 * i, "charts/episodic_return": i + seed,
+                         **({"eval/return_per_agent": -(i + seed)} if eval_column and i % 2 == 0 else {})}
+                        for i in range(1, 5)]
+                pd.DataFrame(rows).to_csv(run / "metrics.csv", index=False)
+
+
+@pytest.mark.parametrize("eval_column", [False, True])
+def test_learning_curves_read_the_run_directories(tmp_path, eval_column):
+    results = make_results(tmp_path / "results")
+    write_run_dirs(results, eval_column)
+    curves, column = report.learning_curves(results)
+    assert column == ("eval/return_per_agent" if eval_column else "charts/episodic_return")
+    steps, values = curves[("routing", "aajr", 0.1, 0.0)][3]
+    assert steps.tolist() == ([200.0, 400.0] if eval_column else [100.0, 200.0, 300.0, 400.0])
+    assert values.tolist() == ([-5.0, -7.0] if eval_column else [4.0, 5.0, 6.0, 7.0])
+    grid, resampled = report.resample_curves(curves[("routing", "aajr", 0.1, 0.0)], points=3)
+    assert grid.tolist() == ([200.0, 300.0, 400.0] if eval_column else [100.0, 250.0, 400.0])
+    assert resampled.shape == (len(SEEDS), 3)
+    labels = report.Labels(report.read_table(results / "evaluations.csv", report.EVAL_KEYS, report.EVAL_VALUES))
+    fig = report.learning_curve_figure(curves, labels, "routing", column)
+    assert len(fig.axes[0].lines) == len(CELLS)

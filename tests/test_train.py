@@ -25,7 +25,7 @@ def tiny_config(*extra: str):
 
 def metric_rows(run_dir: pathlib.Path) -> list[dict]:
     with (run_dir / "metrics.csv").open() as f:
-        return [{k: v for k, v in row.items() if not k.startswith("perf/")} for row in csv.DictReader(f)]
+        return [{k: v for k, v in row.items() if k != "charts/SPS"} for row in csv.DictReader(f)]  # timing varies
 
 
 def run_to_end(tmp_path, name, *extra):
