@@ -466,7 +466,7 @@ def tradeoff_figure(evals: list[dict[str, Any]], price: dict, labels: Labels, sc
     settings' IQMs (sorted by nominal return)."""
     points = setting_points(evals, attack, mode)
     grid = sorted(unique(key[1] for key in points if key[0] == scenario))
-    fig = Figure(figsize=(4.5 * len(grid), 4))
+    fig = Figure(figsize=(4.5 * len(grid), 4), layout="constrained")
     for column, eps in enumerate(grid):
         ax = fig.add_subplot(1, len(grid), column + 1)
         for index, method in enumerate(labels.methods(scenario)):
@@ -633,7 +633,7 @@ def improvement_figure(improvement: dict, attack: str) -> Figure:
 def profile_figure(profiles: dict[float, dict[str, np.ndarray]], reps: int) -> Figure:
     """Per eps, the score distribution of every setting (fraction of runs above tau), 95% CI bands."""
     grid = sorted(profiles)
-    fig = Figure(figsize=(4.5 * len(grid), 4))
+    fig = Figure(figsize=(4.5 * len(grid), 4), layout="constrained")
     for column, eps in enumerate(grid):
         ax = fig.add_subplot(1, len(grid), column + 1)
         values = np.concatenate([v.ravel() for v in profiles[eps].values()])
