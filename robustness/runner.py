@@ -108,10 +108,12 @@ PRESETS: dict[str, BenchmarkConfig] = {
     # the full grid: every scenario and method, five seeds, the default configs
     "full": BenchmarkConfig(),
     # the core of Corollary 1: AAJR against the global penalties at equal hinge budgets gamma (lambda 1),
-    # routing and compute default, five seeds, the whole attack suite (shared shock) on 64 episodes
+    # routing and compute default, five seeds, the whole attack suite (shared shock) on 64 episodes; 4 PPO
+    # epochs per rollout instead of 10 (plain PPO still meets its learning target: routing 1.0061 of the
+    # optimal cost against 1.05, compute 0.9378 of the fluid optimum against 0.90, seed 0)
     "corollary": BenchmarkConfig(
         scenarios=("routing", "compute"), methods=("ppo", "aajr", "jacobian", "spectral"), seeds=(0, 1, 2, 3, 4),
-        reg_coefs=(1.0,), reg_budgets=(0.1, 0.3, 1.0, 3.0), size="default",
+        reg_coefs=(1.0,), reg_budgets=(0.1, 0.3, 1.0, 3.0), size="default", overrides=("ppo.update_epochs=4",),
         attack=AttackGrid(modes=("shared",), eps=(0.0, 0.1, 0.2), episodes=64)),
 }
 
