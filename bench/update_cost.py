@@ -4,8 +4,8 @@ On one minibatch of a routing rollout (default config: 800 joint transitions of 
 thread, every piece timed in the same process in interleaved rounds (median over rounds):
 
 * ``ppo``: the PPO loss, forward and backward (the unit);
-* ``aajr K=k``: PPO plus AAJR with k PGA steps (``normalized`` rule), forward and backward, and its
-  parts: the PGA alone (k + 1 objective evaluations, the last without a gradient) and one per-agent
+* ``aajr K=k``: PPO plus AAJR with k PGA steps (``normalized`` rule), forward and backward; ``sampled``:
+  the same with ``reg.sample_steps`` (the JVPs at one drawn step per state and agent); and its parts: the PGA alone (k + 1 objective evaluations, the last without a gradient) and one per-agent
   system-objective evaluation (forward and backward through the policy and the system loss);
 * ``smooth``, ``spectral``, ``jacobian``: PPO plus that penalty at its default settings.
 
@@ -70,6 +70,8 @@ def main() -> int:
     for k in args.steps:
         settings = METHODS["aajr"].settings(steps=k)
         pieces[f"aajr K={k}"] = with_penalty(make_regularizer("aajr", scenario, settings))
+        sampled = METHODS["aajr"].settings(steps=k, sample_steps=True)
+        pieces[f"aajr K={k} sampled"] = with_penalty(make_regularizer("aajr", scenario, sampled))
         pga_settings = settings
 
         def pga_only(s=pga_settings):
@@ -91,7 +93,7 @@ def main() -> int:
     for name, values in times.items():
         floor = ""
         if name.startswith("aajr K="):
-            k = int(name.split("=")[1])
+            k = int(name.split("=")[1].split()[0])
             floor = f"   floor (K + 2) = {k + 2}"
         print(f"{name:16s} {statistics.median(values) / unit:6.2f}x{floor}")
     return 0

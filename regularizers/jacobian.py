@@ -49,16 +49,34 @@ def aajr_trajectory(policy, batch: Batch, scenario, eps: float, steps: int, norm
     return points, trajectory.directions.to(policy.log_std.dtype), trajectory
 
 
+def sampled_steps(points: torch.Tensor, directions: torch.Tensor,
+                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step t drawn uniformly per (state, agent): points and directions ``(1, M, N, D)`` taken from
+    ``(K, M, N, D)``. The mean of ``||J u_t||^2`` over them is an unbiased estimate of eq. 20's mean over
+    the K steps (agent i's action depends on its own observation only, so each agent may sit at its
+    own step), at 1/K of the JVPs."""
+    k, m, n, d = points.shape
+    steps = torch.randint(k, (1, m, n, 1), generator=generator, device=points.device).expand(1, m, n, d)
+    return points.gather(0, steps), directions.gather(0, steps)
+
+
 def aajr_penalty(policy, batch: Batch, scenario, eps: float, steps: int,
                  norm: str = "l2", step_size: float | None = None,
-                 budget: float | None = None, rule: str = "gradient") -> tuple[torch.Tensor, dict[str, float]]:
+                 budget: float | None = None, rule: str = "gradient", sample_steps: bool = False,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """AAJR (eq. 20): Jacobian-vector norms along the per-agent PGA trajectory of the system loss.
 
     ``batch``: ``obs`` ``(M, N, D)`` and the scenario ``state``. Diagnostics: mean
     and max ``||J u_t||``, the mean PGA gain ``g(delta_K) - g(0)`` and the trajectory's mean budget use
     ``||delta_K|| / eps``. ``rule``: PGA's step rule (``envs.shocks``); the directions are eq. 12 either way.
+    ``sample_steps``: the JVPs at one step per (state, agent) drawn with ``generator`` (``sampled_steps``)
+    instead of all K.
     """
     points, directions, trajectory = aajr_trajectory(policy, batch, scenario, eps, steps, norm, step_size, rule)
+    if sample_steps:
+        if generator is None:
+            raise ValueError("sample_steps=True needs a torch.Generator for reproducibility")
+        points, directions = sampled_steps(points, directions, generator)
     norms = jvp_norms(policy.deterministic_action, points, directions)
     detached = norms.detach()
     diagnostics = {"reg/jvp_norm_mean": float(detached.mean()), "reg/jvp_norm_max": float(detached.max()),

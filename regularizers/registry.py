@@ -109,7 +109,8 @@ def make_regularizer(name: str, scenario, settings: Any = None) -> Penalty:
 
 def _aajr(scenario, s: PGASettings) -> Penalty:
     return lambda policy, batch, generator: aajr_penalty(policy, batch, scenario, s.eps, s.steps, s.norm,
-                                                         budget=s.budget, rule=s.rule)
+                                                         budget=s.budget, rule=s.rule,
+                                                         sample_steps=s.sample_steps, generator=generator)
 
 
 def channel_mask(scenario, channels: str) -> torch.Tensor | None:
@@ -130,6 +131,8 @@ def _spectral(scenario, s: SpectralSettings) -> Penalty:
 
 
 def _smooth(scenario, s: PGASettings) -> Penalty:
+    if s.sample_steps:
+        raise ValueError("sample_steps applies to aajr only: smooth penalises the last PGA point alone")
     return lambda policy, batch, generator: smoothness_penalty(policy, batch, scenario.shock_mask, s.eps, s.steps,
                                                                generator, s.norm, budget=s.budget, rule=s.rule)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from envs.core import check_choice, check_positive_int, check_real
+from envs.core import check_bool, check_choice, check_positive_int, check_real
 from envs.shocks import NORMS, RULES
 
 
@@ -29,6 +29,9 @@ class PGASettings:
     :param budget: hinge budget gamma: penalise ``max(0, norm - gamma)^2`` (None: ``norm^2``).
     :param rule: PGA's step rule, ``normalized`` (fills the ball whatever the gradient's size) or
         ``gradient`` (eq. 11, the first round's); ``bench/training_rule.py`` measured the choice.
+    :param sample_steps: ``aajr`` only: the Jacobian-vector products at one PGA step per (state, agent),
+        drawn uniformly, instead of all K (an unbiased estimate of eq. 20 at 1/K of the JVPs;
+        ``bench/update_cost.py`` measures the saving). ``smooth`` refuses it.
     """
 
     eps: float = 0.1
@@ -36,6 +39,7 @@ class PGASettings:
     norm: str = "l2"
     budget: float | None = None
     rule: str = "normalized"
+    sample_steps: bool = False
 
     def __post_init__(self) -> None:
         check_real("eps", self.eps, 0.0, low_open=True)
@@ -43,6 +47,7 @@ class PGASettings:
         check_choice("norm", self.norm, NORMS)
         _check_budget(self.budget)
         check_choice("rule", self.rule, RULES)
+        check_bool("sample_steps", self.sample_steps)
 
 
 @dataclasses.dataclass(frozen=True)

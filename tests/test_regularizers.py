@@ -10,7 +10,8 @@ from agents.policy import MultiAgentActorCritic
 from envs.shocks import pga, system_objective
 from envs.batch import Batch
 from regularizers import METHODS, PGASettings, make_regularizer, regularizer_names
-from regularizers.jacobian import aajr_penalty, aajr_trajectory, global_jacobian_penalty, random_unit_directions
+from regularizers.jacobian import (aajr_penalty, aajr_trajectory, global_jacobian_penalty, random_unit_directions,
+                                   sampled_steps)
 from regularizers.jvp import jvp_norms, penalty_from_norms
 from regularizers.smoothness import smoothness_penalty
 from regularizers.specnorm import apply_spectral_norm, layer_spectral_norms
@@ -170,6 +171,38 @@ def test_zero_objective_gradient_gives_a_finite_penalty():
     assert torch.isfinite(penalty) and float(penalty.detach()) == 0.0
     params = list(policy.actor.parameters())
     assert all(g is None or torch.isfinite(g).all() for g in torch.autograd.grad(penalty, params, allow_unused=True))
+
+
+def test_sampled_steps_pick_one_step_per_state_and_agent_and_keep_the_expectation():
+    scenario, state, policy, batch = tiny_setup(3)
+    full, _ = aajr_penalty(policy, batch, scenario, eps=0.2, steps=3)
+    sampled, _ = aajr_penalty(policy, batch, scenario, eps=0.2, steps=3, sample_steps=True,
+                              generator=torch.Generator().manual_seed(5))
+    points, directions, _ = aajr_trajectory(policy, batch, scenario, 0.2, 3)
+    norms = jvp_norms(policy.deterministic_action, points, directions)  # (K, M, N)
+    m, n = norms.shape[1:]
+    chosen = torch.randint(3, (1, m, n, 1), generator=torch.Generator().manual_seed(5))[0, ..., 0]  # the same draws
+    reference = norms.gather(0, chosen.unsqueeze(0))[0].pow(2).mean()
+    torch.testing.assert_close(sampled, reference, rtol=1e-10, atol=1e-12)  # exactly the drawn steps' terms
+    params = list(policy.actor.parameters())
+    assert_grads_close(torch.autograd.grad(sampled, params, allow_unused=True),
+                       torch.autograd.grad(reference, params, allow_unused=True))
+    # unbiased: the mean over every step assignment is the full penalty (K^(M N) assignments, by linearity
+    # the mean over each (state, agent)'s K steps)
+    torch.testing.assert_close(norms.pow(2).mean(0).mean(), full.detach(), rtol=1e-10, atol=1e-12)
+    generator = torch.Generator().manual_seed(1)
+    draws = [jvp_norms(policy.deterministic_action, *sampled_steps(points, directions, generator)).pow(2).mean()
+             for _ in range(400)]
+    assert float(torch.stack(draws).detach().mean()) == pytest.approx(float(full.detach()), rel=0.03)  # Monte Carlo
+    one, _ = aajr_penalty(policy, batch, scenario, eps=0.2, steps=1, sample_steps=True,
+                          generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(one, aajr_penalty(policy, batch, scenario, eps=0.2, steps=1)[0])  # K = 1: the same
+    with pytest.raises(ValueError, match="needs a torch.Generator"):
+        aajr_penalty(policy, batch, scenario, eps=0.2, steps=3, sample_steps=True)
+    with pytest.raises(ValueError, match="sample_steps applies to aajr only"):
+        make_regularizer("smooth", scenario, PGASettings(sample_steps=True))
+    with pytest.raises(ValueError, match="sample_steps must be True or False"):
+        PGASettings(sample_steps=1)
 
 
 # ----- global baselines ---------------------------------------------------------------------------
