@@ -27,13 +27,7 @@ CALM_ROUTING = {**envs.SCENARIOS["routing"].presets["small"], "spike_prob": 0.0,
 TINY_PPO = {"num_envs": 8, "rollout_steps": 8, "update_epochs": 2, "hidden": (16, 16)}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The attacker's networks are tiny: one thread is faster, and much faster on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @functools.cache

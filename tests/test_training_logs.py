@@ -27,12 +27,7 @@ CLEANRL_TAGS = ["losses/value_loss", "losses/policy_loss", "losses/entropy", "lo
                 "losses/explained_variance", "charts/SPS", "charts/learning_rate", "charts/episodic_return"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny_config(*extra: str):
