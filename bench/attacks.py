@@ -104,14 +104,15 @@ def attack_victim(scenario_name: str, method: str, runs: str, size: str, episode
 
 
 def with_worst(rows: list[dict]) -> list[dict]:
-    """``rows`` (any ``worst`` rows dropped) plus, per (scenario, method, eps), the row of the attack with
-    the largest damage as attack ``worst``, ``worst_attack`` naming it."""
+    """``rows`` (any ``worst`` rows dropped) plus, after each (scenario, method, eps) cell, its
+    ``robustness.evaluate.worst_rows`` row (the attack with the lowest return, i.e. the largest damage)."""
+    from robustness.evaluate import worst_rows
+
     rows = [row for row in rows if row["attack"] != "worst"]
     out = []
     for cell in dict.fromkeys((row["scenario"], row["method"], row["eps"]) for row in rows):
         cell_rows = [row for row in rows if (row["scenario"], row["method"], row["eps"]) == cell]
-        worst = max(cell_rows, key=lambda row: row["damage"])
-        out += [*cell_rows, {**worst, "attack": "worst", "worst_attack": worst["attack"], "seconds": 0.0}]
+        out += [*cell_rows, *({**row, "seconds": 0.0} for row in worst_rows(cell_rows, by=("eps",)))]
     return out
 
 

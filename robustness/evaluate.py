@@ -151,16 +151,16 @@ def evaluate_under_attacks(scenario, policy, grid: AttackGrid, seed: int = EVAL_
     return rows + worst_rows(rows)
 
 
-def worst_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per (mode, eps) of the attacked rows, the row with the lowest ``return_per_agent`` as attack
-    ``worst``, its attack named in ``worst_attack`` (``none`` at eps = 0, where every attack is the
-    nominal evaluation)."""
-    worst: dict[tuple[str, float], dict[str, Any]] = {}
+def worst_rows(rows: list[dict[str, Any]], by: tuple[str, ...] = ("mode", "eps")) -> list[dict[str, Any]]:
+    """Per group of the attacked rows that share the ``by`` keys (default: mode and eps), the row with the
+    lowest ``return_per_agent`` as attack ``worst``, its attack named in ``worst_attack`` (``none`` at
+    eps = 0, where every attack is the nominal evaluation)."""
+    worst: dict[tuple, dict[str, Any]] = {}
     for candidate in rows:
-        key = (candidate["mode"], candidate["eps"])
+        key = tuple(candidate[name] for name in by)
         if candidate["attack"] in ("none", "worst"):
             continue
         if key not in worst or candidate["return_per_agent"] < worst[key]["return_per_agent"]:
             worst[key] = candidate
-    return [{**chosen, "attack": "worst", "worst_attack": "none" if eps == 0 else chosen["attack"]}
-            for (mode, eps), chosen in worst.items()]
+    return [{**chosen, "attack": "worst", "worst_attack": "none" if chosen["eps"] == 0 else chosen["attack"]}
+            for chosen in worst.values()]
