@@ -68,7 +68,7 @@ from agents.learner import PPOLearner
 from agents.policy import MultiAgentActorCritic, make_policy
 from agents.ppo import PPOConfig
 from agents.progress import progress_bar
-from agents.run import atomic_write, load_run, read_torch_file
+from agents.run import atomic_write, load_run, one_line, read_torch_file
 from envs.core import Scenario, State, check_choice, check_positive_int, check_real, make_scenario
 from envs.shocks import MODES, NORMS, project, random_in_ball
 from envs.vector import TorchVectorEnv, VectorStep, run_episode
@@ -329,7 +329,6 @@ class LearnedAdversary:
             if not isinstance(data, dict) or data.get("format") != FILE_FORMAT:
                 raise ValueError(f"format {data.get('format') if isinstance(data, dict) else None!r}, "
                                  f"expected {FILE_FORMAT}")
-                raise ValueError(f"format {data.get('format')!r}, expected {FILE_FORMAT}")
             config = AdversaryConfig.from_dict(data["config"])
             shock_map = ShockMap(config.eps, config.norm, config.mode, data["shock_mask"].to(torch.bool),
                                  data["feature_index"], int(data["n_agents"]))
@@ -337,8 +336,7 @@ class LearnedAdversary:
                 policy = make_policy(shock_map.space(torch.device(device), torch.float32), config.ppo)
             policy.load_state_dict(data["policy"])
         except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as error:
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise ValueError(f"{path}: not a readable adversary file ({reason})") from None
+            raise ValueError(f"{path}: not a readable adversary file ({one_line(error)})") from None
         return cls(policy, shock_map, config, data["info"])
 
 
