@@ -403,12 +403,12 @@ def setting_points(evals: list[dict[str, Any]], attack: str, mode: str) -> dict[
 
 
 def tradeoff_tables(evals: list[dict[str, Any]], labels: Labels, attack: str, mode: str,
-                    reps: int) -> tuple[str, list[dict]]:
+                    reps: int, points: dict[tuple, dict[tuple, tuple]] | None = None) -> tuple[str, list[dict]]:
     """Markdown and CSV rows of the comparison at matched robustness (``robustness.pareto``): per scenario
     and eps, Delta PoR of ``aajr`` against each global method (its front over its settings against the
     other's, per seed; IQM [CI] over the seeds whose fronts overlap); and Corollary 1's paired nominal
     difference ``R_aajr(0) - R_spectral(0)`` at equal (lambda, gamma > 0)."""
-    points = setting_points(evals, attack, mode)
+    points = setting_points(evals, attack, mode) if points is None else points
     markdown = [(f"Attack: `{attack}`, `{mode}` shock. ΔPoR(aajr, G) = mean over the robustness levels both fronts "
                  "reach of N_G(r) - N_aajr(r), the nominal return a method keeps at worst-case robust return r "
                  "(each method's non-dominated settings, interpolated linearly, per seed): < 0 means AAJR pays "
@@ -460,11 +460,10 @@ def tradeoff_tables(evals: list[dict[str, Any]], labels: Labels, attack: str, mo
     return "".join(markdown), csv_rows
 
 
-def tradeoff_figure(evals: list[dict[str, Any]], price: dict, labels: Labels, scenario: str, attack: str,
-                    mode: str) -> Figure:
-    """Per eps > 0, nominal against robust return: per-seed points, and per method a line through its
-    settings' IQMs (sorted by nominal return)."""
-    points = setting_points(evals, attack, mode)
+def tradeoff_figure(points: dict[tuple, dict[tuple, tuple]], price: dict, labels: Labels, scenario: str,
+                    attack: str) -> Figure:
+    """Per eps > 0, nominal against robust return: per-seed points (``setting_points``), and per method a
+    line through its settings' IQMs (sorted by nominal return)."""
     grid = sorted(unique(key[1] for key in points if key[0] == scenario))
     fig = Figure(figsize=(4.5 * len(grid), 4), layout="constrained")
     for column, eps in enumerate(grid):
@@ -734,12 +733,13 @@ def write_report(results_dir: str | pathlib.Path, reps: int = REPS, attack: str 
     table("attacks", "Attacks: budget use, worst case, gradient-masking warnings", markdown, csv_rows)
     markdown, csv_rows, price = price_tables(evals, labels, attack, mode, reps)
     table("price_of_robustness", "Price of Robustness", markdown, csv_rows)
+    points = setting_points(evals, attack, mode)
     for scenario in unique(key[0] for key in price["robust_return"]):
-        figure(scenario, tradeoff_figure(evals, price, labels, scenario, attack, mode), f"pareto_{scenario}.png",
+        figure(scenario, tradeoff_figure(points, price, labels, scenario, attack), f"pareto_{scenario}.png",
                f"{scenario}: nominal return (ε=0) against robust return under the {attack} attack ({mode} shock), "
                "one panel per ε: small points are single runs (seed x setting), lines join each method's settings "
                "(IQM over seeds).")
-    markdown, csv_rows = tradeoff_tables(evals, labels, attack, mode, reps)
+    markdown, csv_rows = tradeoff_tables(evals, labels, attack, mode, reps, points)
     table("tradeoff", "Matched-robustness comparison and Corollary 1", markdown, csv_rows)
     markdown, csv_rows = diagnostics_tables(diags, labels, reps)
     table("diagnostics", "Theory diagnostics", markdown, csv_rows)
