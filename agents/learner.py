@@ -16,9 +16,10 @@ from typing import Any, Callable
 import torch
 
 from agents.policy import make_policy
+from agents.population import clip_member_grad_norms, restore_members, stack_policies
 from agents.ppo import PPOConfig, compute_gae, explained_variance, ppo_loss
-from envs.batch import Batch
-from envs.core import make_generator
+from envs.batch import Batch, member_mean
+from envs.core import MemberGenerators, make_generator
 from envs.shock_wrapper import ShockConfig, ShockedVectorEnv
 from envs.vector import TorchVectorEnv
 from regularizers import Penalty
@@ -45,6 +46,14 @@ class PPOLearner:
         deterministic action map); ``shock.prob`` is the final probability of shocking a step.
     :param shock_warmup: fraction of training over which the shock probability ramps linearly from
         0 to ``shock.prob`` (0: constant).
+
+    **Population** (``agents.population``): with a list of P seeds (and a list of P ``reg_coef``), one
+    learner trains P independent runs as one batched program: ``env`` holds P blocks of environments
+    (member-major), the policy is the members' networks stacked (``agents.population.stack_policies``),
+    every generator is one per member (``envs.core.MemberGenerators``), losses, penalties, gradient
+    clipping and statistics are per member, and every metric is a ``(P,)`` tensor. A member whose loss
+    or gradient is not finite is stopped (``self.stopped``): its parameters stay as they were before that
+    update, and the others go on untouched. No adversarial rollouts or policy transforms in a population.
     """
 
     def __init__(self, env: TorchVectorEnv, cfg: PPOConfig, total_iterations: int, seed: int,
@@ -55,17 +64,42 @@ class PPOLearner:
         self.env, self.cfg = env, cfg
         self.device = env.device
         self.total_iterations = total_iterations
-        self.penalty, self.reg_coef = penalty, reg_coef
+        self.penalty = penalty
         scenario = env.scenario
-        torch.manual_seed(seed)
-        self.policy = make_policy(scenario, cfg)
+        seeds = [seed] if isinstance(seed, int) else list(seed)
+        self.members = count = len(seeds)
+        if count == 1:  # a population of one is a single run
+            seed = seeds[0]
+            reg_coef = reg_coef[0] if isinstance(reg_coef, (list, tuple)) else reg_coef
+        else:
+            coefs = list(reg_coef) if isinstance(reg_coef, (list, tuple)) else [reg_coef] * count
+            if len(coefs) != count or env.num_envs % count:
+                raise ValueError(f"a population of {count} members needs {count} reg_coef values (got {len(coefs)}) "
+                                 f"and num_envs a multiple of {count} (got {env.num_envs})")
+            if (shock is not None and shock.prob > 0) or transform_policy is not None:
+                raise ValueError("a population trains penalty methods only: no adversarial rollouts or policy "
+                                 "transforms (train those runs one by one)")
+            reg_coef = torch.tensor(coefs, device=self.device)
+        self.reg_coef = reg_coef
+        self.stopped = torch.zeros(count, dtype=torch.bool)
+        policies = []
+        for member_seed in seeds:
+            torch.manual_seed(member_seed)
+            policies.append(make_policy(scenario, cfg))
+        self.policy = policies[0] if count == 1 else stack_policies(policies)
         if transform_policy is not None:
             transform_policy(self.policy)
         self.policy_diagnostics = policy_diagnostics
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.learning_rate, eps=1e-5)
-        self.action_generator = make_generator(seed + 1, self.device)
-        self.minibatch_generator = make_generator(seed + 2, "cpu")
-        self.penalty_generator = make_generator(seed + 5, self.device)
+
+        def generators(offset: int, device) -> torch.Generator | MemberGenerators:
+            made = [make_generator(member_seed + offset, device) for member_seed in seeds]
+            return made[0] if count == 1 else MemberGenerators(made)
+
+        self.action_generator = generators(1, self.device)
+        self.minibatch_generators = [make_generator(member_seed + 2, "cpu") for member_seed in seeds]
+        self.minibatch_generator = self.minibatch_generators[0]
+        self.penalty_generator = generators(5, self.device)
         self.iteration = 0
         self.agent_steps = 0
         self.shock, self.shock_warmup = shock, shock_warmup
@@ -75,7 +109,11 @@ class PPOLearner:
                 return self.policy.deterministic_action(obs.float()).to(obs.dtype)
             self.shocker = ShockedVectorEnv(env, victim, shock, value_fn=lambda obs: self.policy.value(obs.float()),
                                             seed=seed + 4)
-        self.obs = (self.shocker or env).reset(seed=seed + 3).float()
+        if count == 1:
+            self.obs = (self.shocker or env).reset(seed=seed + 3).float()
+        else:
+            env.generator = generators(3, self.device)
+            self.obs = env.reset().float()
         self.episode_returns = torch.zeros(env.num_envs, device=self.device)
         self.episode_system_loss = torch.zeros(env.num_envs, device=self.device)
 
@@ -114,7 +152,7 @@ class PPOLearner:
                 final_values[len(storage["obs"])] = self.policy.value(result.info["final_obs"].float())
             self.episode_returns += result.rewards.float().mean(-1)
             self.episode_system_loss += result.system_loss.float()
-            step_losses.append(result.system_loss.float().mean())
+            step_losses.append(member_mean(result.system_loss.float(), self.members))
             if bool(result.truncated.any()):
                 done = result.truncated
                 finished_returns.append(self.episode_returns[done].clone())
@@ -138,12 +176,21 @@ class PPOLearner:
         stored = ("obs", "pre_actions", "actions", "log_probs", "values")
         batch = Batch.from_steps(states, advantages=advantages, returns=returns,
                                  **{key: rollout[key] for key in stored})
-        self.agent_steps += cfg.rollout_steps * env.num_envs * env.n_agents
-        stats = {"charts/system_loss": float(torch.stack(step_losses).mean()), **shock_stats}
-        if finished_returns:
-            stats["charts/episodic_return"] = float(torch.cat(finished_returns).mean())
-            stats["charts/episodic_system_loss"] = float(torch.cat(finished_losses).mean())
+        if self.members > 1:  # rows (t, p, b) -> (p, t, b): each member's rows in one block, as its run's
+            steps = cfg.rollout_steps
+            batch = batch.map(lambda x: x.reshape(steps, self.members, -1, *x.shape[1:]).transpose(0, 1)
+                              .reshape(x.shape))
+        self.agent_steps += cfg.rollout_steps * env.num_envs * env.n_agents // self.members
+        stats = {"charts/system_loss": self._metric(torch.stack(step_losses).mean(0)), **shock_stats}
+        if finished_returns:  # every environment finishes its episode at the same step
+            stats["charts/episodic_return"] = self._metric(member_mean(torch.stack(finished_returns), self.members, 1))
+            stats["charts/episodic_system_loss"] = self._metric(
+                member_mean(torch.stack(finished_losses), self.members, 1))
         return batch, stats
+
+    def _metric(self, value: torch.Tensor) -> float | torch.Tensor:
+        """A statistic as a float, or as a float64 ``(P,)`` CPU tensor in a population."""
+        return float(value) if self.members == 1 else value.detach().double().cpu()
 
     # ----- update ----------------------------------------------------------------------------------
 
@@ -153,26 +200,39 @@ class PPOLearner:
         if cfg.anneal_lr:
             for group in self.optimizer.param_groups:
                 group["lr"] = cfg.learning_rate * max(1.0 - self.iteration / self.total_iterations, 0.0)
-        size = len(batch)
+        members = self.members
+        size = len(batch) // members  # each member's rows
         minibatch_size = max(size // cfg.num_minibatches, 1)
-        totals: dict[str, float] = {}
+        totals: dict[str, float | torch.Tensor] = {}
         count = 0
+        params = list(self.policy.parameters())
         for _ in range(cfg.update_epochs):
-            order = torch.randperm(size, generator=self.minibatch_generator).to(self.device)
+            orders = [torch.randperm(size, generator=generator) for generator in self.minibatch_generators]
             for start in range(0, size - minibatch_size + 1, minibatch_size):
-                index = order[start:start + minibatch_size]
+                index = torch.cat([member * size + order[start:start + minibatch_size]
+                                   for member, order in enumerate(orders)]).to(self.device)
                 minibatch = batch[index]
-                loss, stats = ppo_loss(self.policy, minibatch, cfg)
+                loss, stats = ppo_loss(self.policy, minibatch, cfg, members)
                 if self.penalty is not None:
                     penalty, diagnostics = self.penalty(self.policy, minibatch, self.penalty_generator)
                     loss = loss + self.reg_coef * penalty
                     stats = {**stats, "losses/penalty": penalty.detach(), **diagnostics}
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                stats["losses/grad_norm"] = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
-                self.optimizer.step()
+                if members == 1:
+                    loss.backward()
+                    stats["losses/grad_norm"] = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                    self.optimizer.step()
+                else:
+                    before = [param.detach().clone() for param in params]
+                    loss.sum().backward()
+                    stats["losses/grad_norm"] = clip_member_grad_norms(params, members, cfg.max_grad_norm)
+                    self.stopped |= ~torch.isfinite(loss.detach().cpu()) | ~torch.isfinite(stats["losses/grad_norm"].cpu())
+                    self.optimizer.step()
+                    restore_members(params, before, self.stopped)
                 for key, value in stats.items():
-                    totals[key] = totals.get(key, 0.0) + float(value.detach() if torch.is_tensor(value) else value)
+                    value = value.detach() if torch.is_tensor(value) else value
+                    value = float(value) if members == 1 else torch.as_tensor(value).double().cpu()
+                    totals[key] = totals.get(key, 0.0) + value
                 count += 1
         if cfg.normalise_obs:  # after the update, so that the rollout's log-probs stay consistent
             self.policy.obs_norm.update(batch.obs)
@@ -181,7 +241,13 @@ class PPOLearner:
         if self.policy_diagnostics is not None:
             out.update(self.policy_diagnostics(self.policy))
         out["charts/learning_rate"] = self.optimizer.param_groups[0]["lr"]
-        out["losses/explained_variance"] = explained_variance(batch.values, batch.returns)
+        if members == 1:
+            out["losses/explained_variance"] = explained_variance(batch.values, batch.returns)
+        else:
+            values, returns = batch.values.reshape(members, size, -1), batch.returns.reshape(members, size, -1)
+            out["charts/learning_rate"] = torch.full((members,), out["charts/learning_rate"], dtype=torch.float64)
+            out["losses/explained_variance"] = torch.tensor(
+                [explained_variance(values[member], returns[member]) for member in range(members)], dtype=torch.float64)
         return out
 
     def train_iteration(self) -> dict[str, float]:
@@ -191,9 +257,12 @@ class PPOLearner:
         batch, rollout_stats = self.collect()
         update_stats = self.update(batch)
         elapsed = time.perf_counter() - start
-        steps = self.cfg.rollout_steps * self.env.num_envs * self.env.n_agents
+        steps = self.cfg.rollout_steps * self.env.num_envs * self.env.n_agents // self.members  # each member's
         metrics = {**rollout_stats, **update_stats, "charts/SPS": steps / elapsed,
                    "charts/agent_steps": float(self.agent_steps)}
+        if self.members > 1:
+            metrics.update({key: torch.full((self.members,), metrics[key], dtype=torch.float64)
+                            for key in ("charts/SPS", "charts/agent_steps")})
         metrics.update({old: metrics[new] for old, new in LEGACY_NAMES.items() if new in metrics})
         return metrics
 

@@ -198,11 +198,15 @@ class StackedMLP(nn.Module):
         self.param_names = list(stacked)
         self.stacked = nn.ParameterList([nn.Parameter(stacked[name].detach().clone()) for name in self.param_names])
 
+    members = 1  # P: a population of P independent runs' networks (``stack_members``)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         params = list(self.stacked)
         weights, biases = params[0::2], params[1::2]
         last = len(weights) - 1
         n_agents, in_dim = x.shape[-2:]
+        if self.members > 1:
+            return self._population_forward(x, weights, biases)
         if weights[0].shape[0] == 1:
             h = x
             for index, (weight, bias) in enumerate(zip(weights, biases)):
@@ -215,3 +219,49 @@ class StackedMLP(nn.Module):
         for index, (weight, bias) in enumerate(zip(weights, biases)):
             h = _Dense.apply(h, weight, bias.unsqueeze(-2), index < last)
         return h.transpose(0, 1).reshape(*x.shape[:-1], h.shape[-1])
+
+    def _population_forward(self, x: torch.Tensor, weights: list[torch.Tensor],
+                            biases: list[torch.Tensor]) -> torch.Tensor:
+        """P members' networks on ``x`` ``(..., N, in_dim)`` whose leading rows are member-major (member p's
+        rows are the p-th of P equal blocks): the members' G = N or G = 1 networks stacked as P * G
+        slices, each layer one ``baddbmm`` over them."""
+        members, last = self.members, len(weights) - 1
+        n_agents, in_dim = x.shape[-2:]
+        h = x.reshape(members, -1, n_agents, in_dim)
+        rows = h.shape[1]
+        if self.share_parameters or weights[0].shape[0] == members:  # one network per member
+            h = h.reshape(members, rows * n_agents, in_dim)
+            for index, (weight, bias) in enumerate(zip(weights, biases)):
+                if index == 0 and self.share_parameters:  # the one-hot id's columns: a per-agent bias
+                    agent_bias = bias.unsqueeze(1) + weight[:, :, in_dim:].mT  # (P, N, out)
+                    weight = weight[:, :, :in_dim]
+                    bias = agent_bias.unsqueeze(1).expand(members, rows, n_agents, -1).reshape(members, rows * n_agents, -1)
+                else:
+                    bias = bias.unsqueeze(-2)
+                h = _Dense.apply(h, weight, bias, index < last)
+            return h.reshape(*x.shape[:-1], h.shape[-1])
+        h = h.permute(0, 2, 1, 3).reshape(members * n_agents, rows, in_dim)
+        for index, (weight, bias) in enumerate(zip(weights, biases)):
+            h = _Dense.apply(h, weight, bias.unsqueeze(-2), index < last)
+        out = h.reshape(members, n_agents, rows, -1).permute(0, 2, 1, 3)
+        return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+def stack_members(networks: list[StackedMLP]) -> StackedMLP:
+    """One ``StackedMLP`` evaluating P members' networks (same architecture) at once: their stacked
+    parameters concatenated along the leading dimension (P * G slices, member-major)."""
+    first = networks[0]
+    population = StackedMLP.__new__(StackedMLP)
+    nn.Module.__init__(population)
+    population.n_agents, population.share_parameters = first.n_agents, first.share_parameters
+    population.param_names = list(first.param_names)
+    population.members = len(networks)
+    population.stacked = nn.ParameterList([
+        nn.Parameter(torch.cat([net.stacked[j].detach() for net in networks])) for j in range(len(first.param_names))])
+    return population
+
+
+def member_slice(population: StackedMLP, member: int) -> slice:
+    """The rows of member ``member``'s slices in each stacked parameter of a ``stack_members`` network."""
+    size = population.stacked[0].shape[0] // population.members
+    return slice(member * size, (member + 1) * size)

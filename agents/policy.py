@@ -17,6 +17,7 @@ from torch import nn
 from torch.distributions import Normal
 
 from agents.networks import StackedMLP
+from envs.core import randn
 
 
 def squash(pre_actions: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
@@ -125,9 +126,10 @@ class MultiAgentActorCritic(nn.Module):
         return dist.log_prob(pre_actions).sum(-1), dist.entropy().sum(-1), self.value(obs)
 
     @torch.no_grad()
-    def act(self, obs: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Sample: pre-squash actions, environment actions, log-probabilities, values."""
+    def act(self, obs: torch.Tensor, generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sample: pre-squash actions, environment actions, log-probabilities, values (``generator``: a
+        ``torch.Generator``, or ``envs.core.MemberGenerators`` for a population's rows)."""
         dist = self.distribution(obs)
-        noise = torch.randn(dist.loc.shape, generator=generator, device=dist.loc.device, dtype=dist.loc.dtype)
+        noise = randn(dist.loc.shape, generator, device=dist.loc.device, dtype=dist.loc.dtype)
         pre_actions = dist.loc + dist.scale * noise
         return pre_actions, self.squash(pre_actions), dist.log_prob(pre_actions).sum(-1), self.value(obs)

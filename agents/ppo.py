@@ -15,7 +15,7 @@ import numbers
 import torch
 
 from agents.policy import MultiAgentActorCritic
-from envs.batch import Batch
+from envs.batch import Batch, member_mean
 from envs.core import check_positive_int, check_real
 
 
@@ -117,45 +117,57 @@ def compute_gae(rewards: torch.Tensor, values: torch.Tensor, next_values: torch.
     return advantages, advantages + values
 
 
-def clipped_surrogate(log_ratio: torch.Tensor, advantages: torch.Tensor, clip_coef: float) -> torch.Tensor:
-    """PPO's clipped objective as a loss: ``mean(max(-A r, -A clip(r, 1 - c, 1 + c)))``."""
+def clipped_surrogate(log_ratio: torch.Tensor, advantages: torch.Tensor, clip_coef: float,
+                      members: int = 1) -> torch.Tensor:
+    """PPO's clipped objective as a loss: ``mean(max(-A r, -A clip(r, 1 - c, 1 + c)))`` (per member
+    of a population: ``envs.batch.member_mean``)."""
     ratio = log_ratio.exp()
-    return torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip_coef, 1 + clip_coef)).mean()
+    return member_mean(torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip_coef, 1 + clip_coef)), members)
 
 
 def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
-               clip_coef: float | None) -> torch.Tensor:
+               clip_coef: float | None, members: int = 1) -> torch.Tensor:
     """``0.5 * mean((V - R)^2)``, or with ``clip_coef`` the max with the clipped-around-old version."""
     unclipped = (values - returns) ** 2
     if clip_coef is None:
-        return 0.5 * unclipped.mean()
+        return 0.5 * member_mean(unclipped, members)
     clipped = (old_values + (values - old_values).clamp(-clip_coef, clip_coef) - returns) ** 2
-    return 0.5 * torch.max(unclipped, clipped).mean()
+    return 0.5 * member_mean(torch.max(unclipped, clipped), members)
 
 
-def ppo_loss(policy: MultiAgentActorCritic, batch: Batch,
-             cfg: PPOConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def normalise_advantages(advantages: torch.Tensor, members: int = 1) -> torch.Tensor:
+    """Advantages ``(M, N)`` standardised per agent over the minibatch (per member of a population)."""
+    if members == 1:
+        return (advantages - advantages.mean(0)) / (advantages.std(0) + 1e-8)
+    blocks = advantages.reshape(members, -1, *advantages.shape[1:])
+    return ((blocks - blocks.mean(1, keepdim=True)) / (blocks.std(1, keepdim=True) + 1e-8)).reshape(advantages.shape)
+
+
+def ppo_loss(policy: MultiAgentActorCritic, batch: Batch, cfg: PPOConfig,
+             members: int = 1) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO loss of a minibatch (every agent's terms averaged) and its statistics.
 
     ``batch``: ``obs`` ``(M, N, D)``, ``pre_actions`` ``(M, N, A)``, ``log_probs``, ``advantages``,
-    ``returns``, ``values`` ``(M, N)``.
+    ``returns``, ``values`` ``(M, N)``. With ``members`` = P > 1 the rows are P runs' minibatches
+    (member-major, ``agents.population``): the loss and every statistic are ``(P,)``, one per member.
     """
     new_log_probs, entropy, new_values = policy.evaluate(batch.obs, batch.pre_actions)
     log_ratio = new_log_probs - batch.log_probs
     advantages = batch.advantages
     if cfg.normalise_advantages:
-        advantages = (advantages - advantages.mean(0)) / (advantages.std(0) + 1e-8)
-    policy_loss = clipped_surrogate(log_ratio, advantages, cfg.clip_coef)
-    v_loss = value_loss(new_values, batch.values, batch.returns, cfg.clip_coef if cfg.clip_value_loss else None)
-    entropy_mean = entropy.mean()
+        advantages = normalise_advantages(advantages, members)
+    policy_loss = clipped_surrogate(log_ratio, advantages, cfg.clip_coef, members)
+    v_loss = value_loss(new_values, batch.values, batch.returns, cfg.clip_coef if cfg.clip_value_loss else None,
+                        members)
+    entropy_mean = member_mean(entropy, members)
     loss = policy_loss + cfg.vf_coef * v_loss - cfg.ent_coef * entropy_mean
     with torch.no_grad():
         stats = {
             "losses/policy_loss": policy_loss,
             "losses/value_loss": v_loss,
             "losses/entropy": entropy_mean,
-            "losses/approx_kl": ((log_ratio.exp() - 1) - log_ratio).mean(),
-            "losses/clipfrac": ((log_ratio.exp() - 1).abs() > cfg.clip_coef).float().mean(),
+            "losses/approx_kl": member_mean((log_ratio.exp() - 1) - log_ratio, members),
+            "losses/clipfrac": member_mean(((log_ratio.exp() - 1).abs() > cfg.clip_coef).float(), members),
         }
     return loss, stats
 

@@ -11,6 +11,29 @@ thread, every piece timed in the same process in interleaved rounds (median over
 
 The issue's floor for AAJR is (K + 2)x a plain update: K + 1 objective passes plus the penalty.
 
+What each costs inherently (profiled with ``torch.profiler`` on this configuration, one thread):
+
+* a per-agent objective pass is one policy forward and one input-gradient backward at the M x N
+  observations (~0.4x a plain update, which is actor *and* critic) plus the system loss of the N
+  unilateral deviations (``Scenario.unilateral_system_loss``: the nominal aggregates once plus agent
+  i's own change, no copy of the state per agent), ~0.1x in eager per-operation overhead on such small
+  tensors; PGA freezes the policy's parameters so that no weight gradient is computed and discarded;
+* the AAJR penalty at all K steps is a JVP forward and its reverse pass at K x M x N points: the
+  tangent doubles every matrix product and adds the tanh-tangent terms (six (M N, 64) elementwise
+  passes per hidden-layer pair), ~1.3-1.6x a plain update *per step*. So plain AAJR costs about
+  1 + 0.5 (K + 1) + 1.4 K, above K + 2 for every K: the floor counts the penalty once, and only
+  ``reg.sample_steps`` (the JVPs at one drawn step per state and agent, ~1.4x) pays it once;
+* ``smooth``: K gradient passes of PGA on the action objective from a random start, the last iterate
+  evaluated without a gradient, plus two policy forwards and a backward (the nominal forward is shared
+  with PGA's reference);
+* ``spectral``: ``power_iterations`` (5) x (JVP forward + VJP) without a graph, then the penalty's JVP
+  forward and backward; each JVP recomputes the primal forward (forward mode keeps no linearisation
+  without tracing the policy), so an iteration costs ~three policy passes;
+* ``jacobian``: the penalty's JVP forward and backward at K (3) x M x N points.
+
+JVPs run on ``torch.autograd.forward_ad`` dual tensors (``regularizers.jvp``): ``torch.func.jvp``'s
+per-operation wrapping cost ~1.5 ms per call here, a quarter of a plain update.
+
     python bench/update_cost.py                      # K = 1 3 5 10, 7 rounds
     python bench/update_cost.py --steps 3 --rounds 3
 """

@@ -66,3 +66,13 @@ class Batch:
         fields["state"] = {key: fn(value) for key, value in self.state.items()}
         return Batch(**{name: value if value is None or name == "state" else fn(value)
                         for name, value in fields.items()})
+
+
+def member_mean(x: torch.Tensor, members: int, row_dim: int = 0, op: str = "mean") -> torch.Tensor:
+    """The mean (or ``op`` = ``"max"``) of ``x`` over everything, per member when its rows (dimension
+    ``row_dim``) hold P = ``members`` runs' rows member-major (``agents.population``): a scalar when
+    ``members`` is 1, else ``(P,)``."""
+    if members == 1:
+        return x.mean() if op == "mean" else x.max()
+    blocks = x.movedim(row_dim, 0).reshape(members, -1)
+    return blocks.mean(1) if op == "mean" else blocks.amax(1)

@@ -97,7 +97,10 @@ from envs.core import (
     State,
     check_positive_int,
     check_real,
+    rand,
+    randn,
     register_scenario,
+    repeat_for_agents,
 )
 
 
@@ -207,7 +210,7 @@ class Commons(Scenario):
     def _price(self, log_price: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Price of a step: ``p0 exp(z - sigma^2/2)``, times ``spike_magnitude`` on spikes."""
         cfg = self.config
-        spikes = torch.rand(log_price.shape, generator=generator, device=self.device, dtype=self.dtype) < cfg.spike_prob
+        spikes = rand(log_price.shape, generator, device=self.device, dtype=self.dtype) < cfg.spike_prob
         base = cfg.price * torch.exp(log_price - cfg.price_volatility ** 2 / 2)
         return torch.where(spikes, base * cfg.spike_magnitude, base)
 
@@ -216,8 +219,8 @@ class Commons(Scenario):
         batch_size = check_positive_int("batch_size", batch_size)
         shape = (batch_size, self.n_resources)
         low, high = cfg.initial_stock
-        uniform = torch.rand(shape, generator=generator, device=self.device, dtype=self.dtype)
-        log_price = cfg.price_volatility * torch.randn(shape, generator=generator, device=self.device, dtype=self.dtype)
+        uniform = rand(shape, generator, device=self.device, dtype=self.dtype)
+        log_price = cfg.price_volatility * randn(shape, generator, device=self.device, dtype=self.dtype)
         return {
             "stock": low + (high - low) * uniform,
             "log_price": log_price,
@@ -235,10 +238,10 @@ class Commons(Scenario):
         shared = torch.cat([state["stock"].clamp(max=1.5), relative_price], dim=-1)
         time = (state["t"].to(self.dtype) / self.horizon).clamp(max=1.0)
         return torch.cat([
-            shared.unsqueeze(1).expand(-1, n, -1),
+            repeat_for_agents(shared, n),
             peer_effort,
             effort,
-            time.view(-1, 1, 1).expand(-1, n, 1),
+            repeat_for_agents(time.view(-1, 1), n),
         ], dim=-1)
 
     def agent_payoffs(self, state: State, actions: torch.Tensor) -> torch.Tensor:
@@ -253,11 +256,11 @@ class Commons(Scenario):
         cfg = self.config
         stock = state["stock"]
         total_catch = harvest(actions, stock, cfg.max_catch_fraction).sum(1)
-        eps = torch.randn(stock.shape, generator=generator, device=self.device, dtype=self.dtype)
+        eps = randn(stock.shape, generator, device=self.device, dtype=self.dtype)
         noise = torch.exp(cfg.growth_noise * eps - cfg.growth_noise ** 2 / 2)
         growth_rates = torch.where(state["collapsed"], 0.0, self.growth_rates)
         next_stock = (stock + logistic_growth(stock, growth_rates) * noise - total_catch).clamp(min=0.0)
-        innovation = torch.randn(stock.shape, generator=generator, device=self.device, dtype=self.dtype)
+        innovation = randn(stock.shape, generator, device=self.device, dtype=self.dtype)
         rho = cfg.price_persistence
         log_price = rho * state["log_price"] + cfg.price_volatility * math.sqrt(1 - rho ** 2) * innovation
         return {
@@ -306,6 +309,14 @@ class Commons(Scenario):
             out[f"{name}_harvest"] = float(catch.sum())
             out[f"{name}_welfare"] = float((cfg.price * catch - cfg.effort_cost * effort).sum())
         return out
+
+    def unilateral_system_loss(self, state: State, nominal_actions: torch.Tensor,
+                               attacked_actions: torch.Tensor) -> torch.Tensor:
+        """``-W`` ``(B, N)`` when agent i alone deviates. Agent i's profit depends on its own effort only and
+        ``W`` is their sum, so ``g_i = -sum_j pi_j(a_j) + pi_i(a_i) - pi_i(a'_i)``: two payoff evaluations
+        (the default evaluates the loss on N copies of every state)."""
+        nominal = self.agent_payoffs(state, nominal_actions)
+        return nominal - nominal.sum(-1, keepdim=True) - self.agent_payoffs(state, attacked_actions)
 
 
 def parallel_env(**kwargs):

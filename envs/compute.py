@@ -155,7 +155,10 @@ from envs.core import (
     State,
     check_positive_int,
     check_real,
+    rand,
+    randn,
     register_scenario,
+    repeat_for_agents,
 )
 
 MAX_RELATIVE_CAPACITY = 3.0  # observed capacities are clipped to this multiple of nominal
@@ -383,11 +386,11 @@ class Compute(Scenario):
     # ----- exogenous randomness ----------------------------------------------------------------
 
     def _uniform(self, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
-        return torch.rand(shape, generator=generator, device=self.device, dtype=self.dtype)
+        return rand(shape, generator, device=self.device, dtype=self.dtype)
 
     def _lognormal(self, shape: tuple[int, ...], sigma: float, generator: torch.Generator) -> torch.Tensor:
         """Mean-one log-normal noise ``exp(sigma eps - sigma^2 / 2)``."""
-        eps = torch.randn(shape, generator=generator, device=self.device, dtype=self.dtype)
+        eps = randn(shape, generator, device=self.device, dtype=self.dtype)
         return torch.exp(sigma * eps - sigma ** 2 / 2)
 
     def _exogenous(self, spiking: torch.Tensor, generator: torch.Generator) -> State:
@@ -423,34 +426,57 @@ class Compute(Scenario):
         return rejected, outcome
 
     def observe(self, state: State) -> torch.Tensor:
-        n = self.n_agents
+        n, s = self.n_agents, self.n_servers
         work = state["arrivals"] + state["retries"]
         peer_load = (work.sum(-1, keepdim=True) - work) / self.total_capacity
         occupancy = state["queue"].sum(1) / self.buffer
-        shared = torch.cat([occupancy, state["capacity"] / self.nominal_capacity], dim=-1)
-        time = (state["t"].to(self.dtype) / self.horizon).view(-1, 1, 1).expand(-1, n, 1)
-        obs = torch.cat([
-            shared.unsqueeze(1).expand(-1, n, -1),
-            peer_load.unsqueeze(-1),
-            (work / self.arrival_rate).unsqueeze(-1),
-            state["queue"] / self.buffer,
-            time,
-        ], dim=-1)
-        return torch.minimum(torch.maximum(obs, self.obs_low), self.obs_high)
 
-    def agent_payoffs(self, state: State, actions: torch.Tensor) -> torch.Tensor:
+        def clip(features: torch.Tensor, start: int) -> torch.Tensor:
+            """``features`` (last dimension: the observation's features from ``start`` on) clipped to their range."""
+            stop = start + features.shape[-1]
+            return torch.minimum(torch.maximum(features, self.obs_low[start:stop]), self.obs_high[start:stop])
+
+        # every part is clipped before the concatenation, the shared features before they are repeated for
+        # every agent: the values (and gradients) of clipping the whole observation, for a third of the work
+        shared = clip(torch.cat([occupancy, state["capacity"] / self.nominal_capacity], dim=-1), 0)
+        own_work = clip(torch.stack([peer_load, work / self.arrival_rate], dim=-1), 2 * s)
+        time = clip((state["t"].to(self.dtype) / self.horizon).view(-1, 1), 3 * s + 2)
+        return torch.cat([
+            repeat_for_agents(shared, n),
+            own_work,
+            clip(state["queue"] / self.buffer, 2 * s + 2),
+            repeat_for_agents(time, n),
+        ], dim=-1)
+
+    def _payoffs(self, rejected: torch.Tensor, out: ServerOutcome) -> torch.Tensor:
+        """Payoffs (9) ``(B, N)`` of a service outcome."""
         cfg = self.config
-        rejected, out = self._outcome(state, actions)
         server_cost = -cfg.goodput_value * out.goodput + cfg.delay_cost * out.carried + cfg.drop_cost * out.dropped
         cost = (out.share * server_cost.unsqueeze(1)).sum(-1) + cfg.reject_cost * rejected
         return -cost / self.total_capacity
 
+    def agent_payoffs(self, state: State, actions: torch.Tensor) -> torch.Tensor:
+        return self._payoffs(*self._outcome(state, actions))
+
     def system_loss(self, state: State, actions: torch.Tensor) -> torch.Tensor:
         return -self.agent_payoffs(state, actions).sum(-1)
 
+    def evaluate_step(self, state: State, actions: torch.Tensor, generator: torch.Generator
+                      ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], State]:
+        """``step``'s loss, rewards, diagnostics and next state from one evaluation of the service model
+        (the separate functions evaluate it once each); the same operations, hence the same numbers."""
+        rejected, out = self._outcome(state, actions)
+        payoffs = self._payoffs(rejected, out)
+        system_loss = -payoffs.sum(-1)
+        rewards = self.rewards(state, actions, system_loss, payoffs)
+        return system_loss, rewards, self._diagnostics(rejected, out), self._next_state(state, out, generator)
+
     def transition(self, state: State, actions: torch.Tensor, generator: torch.Generator) -> State:
+        return self._next_state(state, self._outcome(state, actions)[1], generator)
+
+    def _next_state(self, state: State, out: ServerOutcome, generator: torch.Generator) -> State:
+        """The next state after the service outcome ``out`` of ``state``."""
         cfg = self.config
-        _, out = self._outcome(state, actions)
         ends = self._uniform(state["spiking"].shape, generator) < 1.0 / cfg.spike_duration
         starts = self._uniform(state["spiking"].shape, generator) < cfg.spike_prob
         spiking = (state["spiking"] & ~ends) | starts
@@ -463,7 +489,9 @@ class Compute(Scenario):
         }
 
     def diagnostics(self, state: State, actions: torch.Tensor) -> dict[str, torch.Tensor]:
-        rejected, out = self._outcome(state, actions)
+        return self._diagnostics(*self._outcome(state, actions))
+
+    def _diagnostics(self, rejected: torch.Tensor, out: ServerOutcome) -> dict[str, torch.Tensor]:
         per_capacity = 1.0 / self.total_capacity
         return {
             "throughput": out.processed.sum(-1) * per_capacity,
@@ -518,6 +546,23 @@ class Compute(Scenario):
             "fluid_optimal_loss": float(self.system_loss(state, actions)[0]),
             "fluid_optimal_goodput": float(self.diagnostics(state, actions)["goodput"][0]),
         }
+
+    def unilateral_system_loss(self, state: State, nominal_actions: torch.Tensor,
+                               attacked_actions: torch.Tensor) -> torch.Tensor:
+        """System loss (8) ``(B, N)`` when agent i alone deviates. The loss depends on the joint action
+        through each server's load and the total rejected work only (the shares of (9) add up to 1), so
+        agent i's deviation is the nominal totals plus its own change, and the service model runs on
+        ``(B, N, S)`` loads, each as the one "agent" of its server (the default serves N copies of every
+        state's ``(N, S)`` loads)."""
+        cfg = self.config
+        work = state["arrivals"] + state["retries"]
+        nominal_sent, nominal_rejected = split_work(work, nominal_actions, cfg.smoothing)
+        attacked_sent, attacked_rejected = split_work(work, attacked_actions, cfg.smoothing)
+        load = (state["queue"] + nominal_sent).sum(1, keepdim=True) + (attacked_sent - nominal_sent)  # (B, i, S)
+        rejected = nominal_rejected.sum(-1, keepdim=True) + (attacked_rejected - nominal_rejected)  # (B, i)
+        out = serve(load.unsqueeze(1), state["capacity"].unsqueeze(1), self.buffer,
+                    cfg.waste_threshold, cfg.max_waste, cfg.smoothing)
+        return -self._payoffs(rejected.unsqueeze(1), out).squeeze(1)
 
 
 def parallel_env(**kwargs):

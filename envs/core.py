@@ -13,12 +13,18 @@ Shapes: ``B`` environments, ``N`` agents, ``D = obs_dim`` features per agent, ``
 * ``observe(state) -> (B, N, D)`` per-agent observations, scaled to O(1).
 * ``system_loss(state, actions) -> (B,)`` the system-level cost of the joint action (differentiable
   with respect to ``actions``; it expects actions inside the action box).
+* ``unilateral_system_loss(state, nominal_actions, attacked_actions) -> (B, N)``: entry i is the
+  system loss when agent i alone plays its attacked action and the others their nominal ones (the
+  per-agent attack objective, ``envs.shocks.system_objective``). The default evaluates ``system_loss``
+  on N copies of the state; scenarios override it with the same values from the aggregates their loss
+  depends on (no copy of the state per agent).
 * ``agent_payoffs(state, actions) -> (B, N)`` selfish per-agent payoffs; the reward each agent gets is
   ``(1 - w) * payoff_i + w * (-system_loss / N)`` with ``w`` given by ``reward_mode``
   (``selfish``: 0, ``social``: 1, ``mixed``: ``social_weight``).
 * ``transition(state, actions, generator) -> state`` the next state (``t`` incremented).
 * ``step(state, actions, generator) -> StepResult`` validates and clips the actions, then evaluates
-  the three functions above. Every adapter goes through ``step``, so the action rule is the same
+  the three functions above (through ``evaluate_step``, which a scenario may override to share work
+  between them, with the same results). Every adapter goes through ``step``, so the action rule is the same
   everywhere: **non-finite actions or a wrong shape raise ``ValueError``; finite actions outside the
   box are clipped to it.**
 * ``shock_mask`` ``(D,)`` bool: the observation features that are shared state a shock may move.
@@ -199,6 +205,13 @@ def as_real_tensor(name: str, values: Any, device: torch.device | str = "cpu") -
     return torch.as_tensor(array, device=device)
 
 
+def repeat_for_agents(features: torch.Tensor, n_agents: int) -> torch.Tensor:
+    """``features`` ``(B, F)`` repeated for every agent, ``(B, N, F)``, as a contiguous tensor: ``torch.cat``
+    of observation parts takes a slow path when one of them is a stride-0 ``expand`` view (about 1.5x
+    slower on a CPU at B = 4096, N = 8)."""
+    return features.unsqueeze(1).expand(-1, n_agents, -1).contiguous()
+
+
 @dataclasses.dataclass(frozen=True)
 class ScenarioConfig:
     """Fields every scenario has.
@@ -258,6 +271,65 @@ def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torc
     else:
         generator.manual_seed(seed)
     return generator
+
+
+class MemberGenerators:
+    """The generators of P independent runs batched together (``agents.population``): member p owns the
+    p-th of P equal blocks of rows along a draw's row dimension and draws them with its own generator,
+    so each member sees the numbers its single run would. ``rand``, ``randn`` and ``randint`` below take
+    one in place of a ``torch.Generator``.
+
+    :param generators: one ``torch.Generator`` per member, all on one device.
+    """
+
+    def __init__(self, generators: list[torch.Generator]) -> None:
+        if not generators:
+            raise ValueError("MemberGenerators needs at least one generator")
+        self.generators = list(generators)
+        self.device = generators[0].device
+
+    def __len__(self) -> int:
+        return len(self.generators)
+
+    def get_state(self) -> list[torch.Tensor]:
+        return [generator.get_state() for generator in self.generators]
+
+    def set_state(self, states: list[torch.Tensor]) -> None:
+        for generator, state in zip(self.generators, states, strict=True):
+            generator.set_state(state)
+
+
+def members(generator: "torch.Generator | MemberGenerators | None") -> int:
+    """P, the number of runs whose rows a batch holds: ``len(generator)`` for ``MemberGenerators``, else 1."""
+    return len(generator) if isinstance(generator, MemberGenerators) else 1
+
+
+def _draw(sample, shape: tuple[int, ...], generator, row_dim: int, **options) -> torch.Tensor:
+    """``sample(shape, generator=generator, **options)``; with ``MemberGenerators``, member p draws its
+    block of ``shape[row_dim]`` with its own generator and the blocks are concatenated."""
+    if not isinstance(generator, MemberGenerators):
+        return sample(tuple(shape), generator=generator, **options)
+    shape = list(shape)
+    count = len(generator)
+    if shape[row_dim] % count:
+        raise ValueError(f"{shape[row_dim]} rows do not split into {count} equal member blocks")
+    shape[row_dim] //= count
+    return torch.cat([sample(tuple(shape), generator=g, **options) for g in generator.generators], dim=row_dim)
+
+
+def rand(shape: tuple[int, ...], generator, row_dim: int = 0, **options) -> torch.Tensor:
+    """``torch.rand`` with a ``torch.Generator`` or ``MemberGenerators`` (rows along ``row_dim``)."""
+    return _draw(torch.rand, shape, generator, row_dim, **options)
+
+
+def randn(shape: tuple[int, ...], generator, row_dim: int = 0, **options) -> torch.Tensor:
+    """``torch.randn`` with a ``torch.Generator`` or ``MemberGenerators`` (rows along ``row_dim``)."""
+    return _draw(torch.randn, shape, generator, row_dim, **options)
+
+
+def randint(high: int, shape: tuple[int, ...], generator, row_dim: int = 0, **options) -> torch.Tensor:
+    """``torch.randint(high, shape)`` with a ``torch.Generator`` or ``MemberGenerators``."""
+    return _draw(lambda size, **kw: torch.randint(high, size, **kw), shape, generator, row_dim, **options)
 
 
 # --------------------------------------------------------------------------------------------
@@ -356,8 +428,10 @@ class Scenario(abc.ABC):
                 f"{self.name}: actions must have shape {expected} (batch, agents, action_dim), "
                 f"got {tuple(actions.shape)}")
         actions = actions.to(self.device)
-        bad = ~torch.isfinite(actions)
-        if bad.any():
+        # NaN propagates through min and max, so the two extremes are finite iff every entry is: one
+        # reduction instead of an elementwise mask (the mask is built only to name a bad entry)
+        if actions.numel() and not bool(torch.isfinite(torch.stack(torch.aminmax(actions))).all()):
+            bad = ~torch.isfinite(actions)
             index = tuple(int(i) for i in bad.nonzero()[0])
             raise ValueError(f"{self.name}: actions contain NaN or inf ({actions[index].item()} at index {index}); "
                              f"actions must be finite (finite values outside [{self.action_low.min().item()}, "
@@ -365,24 +439,43 @@ class Scenario(abc.ABC):
         low, high = self.action_low.to(actions.dtype), self.action_high.to(actions.dtype)
         return torch.maximum(torch.minimum(actions, high), low).to(self.dtype)
 
-    def rewards(self, state: State, actions: torch.Tensor, system_loss: torch.Tensor | None = None) -> torch.Tensor:
-        """Per-agent rewards ``(B, N)``: ``(1 - w) * payoff_i + w * (-system_loss / N)``."""
+    def rewards(self, state: State, actions: torch.Tensor, system_loss: torch.Tensor | None = None,
+                payoffs: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-agent rewards ``(B, N)``: ``(1 - w) * payoff_i + w * (-system_loss / N)``.
+
+        ``system_loss`` ``(B,)`` and ``payoffs`` ``(B, N)``, when given, are those of ``(state, actions)``
+        already computed (they are then not evaluated again).
+        """
         weight = self.config.social_weight_effective
         if system_loss is None:
             system_loss = self.system_loss(state, actions)
         social = (-system_loss / self.n_agents).unsqueeze(-1).expand(-1, self.n_agents)
         if weight == 1.0:
             return social
-        return (1.0 - weight) * self.agent_payoffs(state, actions) + weight * social
+        if payoffs is None:
+            payoffs = self.agent_payoffs(state, actions)
+        return (1.0 - weight) * payoffs + weight * social
+
+    def evaluate_step(self, state: State, actions: torch.Tensor, generator: torch.Generator
+                      ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], State]:
+        """``(system_loss, rewards, info, next_state)`` of the in-box joint action ``actions``, the part of
+        ``step`` after the action check: by default the separate ``system_loss``, ``rewards``,
+        ``diagnostics`` and ``transition`` calls.
+
+        A scenario whose functions share an expensive intermediate (compute's service model, routing's
+        flows) overrides it to evaluate that once; the override must return what the separate calls
+        return, drawing the same random numbers in the same order (its scenario's tests compare them).
+        """
+        system_loss = self.system_loss(state, actions)
+        rewards = self.rewards(state, actions, system_loss)
+        info = self.diagnostics(state, actions)
+        return system_loss, rewards, info, self.transition(state, actions, generator)
 
     def step(self, state: State, actions: Any, generator: torch.Generator) -> StepResult:
         """One step of every environment; see the module docstring for the action rule."""
         batch_size = state["t"].shape[0]
         actions = self.check_actions(actions, batch_size)
-        system_loss = self.system_loss(state, actions)
-        rewards = self.rewards(state, actions, system_loss)
-        info = self.diagnostics(state, actions)
-        next_state = self.transition(state, actions, generator)
+        system_loss, rewards, info, next_state = self.evaluate_step(state, actions, generator)
         truncated = next_state["t"] >= self.horizon
         return StepResult(next_state, rewards, system_loss, truncated, info)
 
@@ -401,6 +494,22 @@ class Scenario(abc.ABC):
 
     def check_reference_name(self, name: str) -> str:
         return check_choice(f"{self.name} reference", name, self.reference_names)
+
+    def unilateral_system_loss(self, state: State, nominal_actions: torch.Tensor,
+                               attacked_actions: torch.Tensor) -> torch.Tensor:
+        """``g`` ``(B, N)``: ``g_i`` is ``system_loss`` of the joint action in which agent i plays
+        ``attacked_actions[:, i]`` and every other agent j its ``nominal_actions[:, j]`` (both ``(B, N, A)``,
+        in the box); differentiable with respect to both.
+
+        This default builds the N joint actions of every state and evaluates ``system_loss`` on N copies
+        of the state (``B * N`` rows); a scenario whose loss depends on the actions through aggregates
+        overrides it with the same values (its tests compare the override with this form).
+        """
+        batch, n = nominal_actions.shape[:2]
+        alone = torch.eye(n, dtype=torch.bool, device=nominal_actions.device).view(1, n, n, 1)
+        joint = torch.where(alone, attacked_actions.unsqueeze(1), nominal_actions.unsqueeze(1))  # (B, i, j, A)
+        repeated = {key: value.repeat_interleave(n, dim=0) for key, value in state.items()}
+        return self.system_loss(repeated, joint.reshape(batch * n, n, -1)).view(batch, n)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config})"

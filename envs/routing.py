@@ -163,7 +163,10 @@ from envs.core import (
     check_choice,
     check_positive_int,
     check_real,
+    rand,
+    randn,
     register_scenario,
+    repeat_for_agents,
 )
 
 LAYOUTS = ("parallel", "pigou", "braess", "braess_no_link")
@@ -496,6 +499,11 @@ class Flows(NamedTuple):
     path_latency: torch.Tensor  # (B, P) L_p
 
 
+def total_time_of(flows: Flows) -> torch.Tensor:
+    """Total travel time ``sum_e x_e l_e(x_e)`` ``(B,)`` of routed flows (the system loss)."""
+    return (flows.edge_flow * flows.edge_latency).sum(-1)
+
+
 def route(network: Network, demand: torch.Tensor, split: torch.Tensor, capacity_factor: torch.Tensor) -> Flows:
     """Flows (3) of agents with demands ``(B, N)`` splitting them as ``split`` ``(B, N, P)``."""
     path_flow = torch.einsum("bn,bnp->bp", demand, split)
@@ -553,12 +561,12 @@ class Routing(Scenario):
     # ----- exogenous randomness ----------------------------------------------------------------
 
     def _uniform(self, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
-        return torch.rand(shape, generator=generator, device=self.device, dtype=self.dtype)
+        return rand(shape, generator, device=self.device, dtype=self.dtype)
 
     def _exogenous(self, batch_size: int, generator: torch.Generator) -> State:
         """Demands ``(B, N)`` and capacity factors ``(B, E)`` of a step."""
         cfg = self.config
-        eps = torch.randn(batch_size, self.n_agents, generator=generator, device=self.device, dtype=self.dtype)
+        eps = randn((batch_size, self.n_agents), generator, device=self.device, dtype=self.dtype)
         spikes = self._uniform((batch_size, self.n_agents), generator) < cfg.spike_prob
         demand = self.demand_per_agent * torch.exp(cfg.noise * eps - cfg.noise ** 2 / 2)
         drops = self._uniform((batch_size, self.n_edges), generator) < cfg.capacity_drop_prob
@@ -570,9 +578,10 @@ class Routing(Scenario):
     def _flows(self, state: State, split: torch.Tensor) -> Flows:
         return route(self.network, state["demand"], split, state["capacity_factor"])
 
-    def _after(self, state: State, split: torch.Tensor) -> State:
-        """The ``last_*`` entries recording the joint ``split`` ``(B, N, P)`` played in ``state``."""
-        flows = self._flows(state, split)
+    def _after(self, state: State, split: torch.Tensor, flows: Flows | None = None) -> State:
+        """The ``last_*`` entries recording the joint ``split`` ``(B, N, P)`` played in ``state`` (``flows``:
+        its flows, when computed already)."""
+        flows = self._flows(state, split) if flows is None else flows
         return {
             "last_split": split.clone(),
             "last_share": flows.path_flow / flows.path_flow.sum(-1, keepdim=True),
@@ -599,30 +608,48 @@ class Routing(Scenario):
         ], dim=-1)
         time = (state["t"].to(self.dtype) / self.horizon).clamp(max=1.0)
         return torch.cat([
-            shared.unsqueeze(1).expand(-1, n, -1),
+            repeat_for_agents(shared, n),
             relative_demand.clamp(max=MAX_RELATIVE_DEMAND).unsqueeze(-1),
             state["last_split"],
-            time.view(-1, 1, 1).expand(-1, n, 1),
+            repeat_for_agents(time.view(-1, 1), n),
         ], dim=-1)
 
     def system_loss(self, state: State, actions: torch.Tensor) -> torch.Tensor:
-        flows = self._flows(state, simplex_split(actions))
-        return (flows.edge_flow * flows.edge_latency).sum(-1)
+        return total_time_of(self._flows(state, simplex_split(actions)))
 
     def agent_payoffs(self, state: State, actions: torch.Tensor) -> torch.Tensor:
         split = simplex_split(actions)
-        path_latency = self._flows(state, split).path_latency
-        return -state["demand"] * (split * path_latency.unsqueeze(1)).sum(-1)
+        return self._payoffs(state, split, self._flows(state, split))
+
+    def _payoffs(self, state: State, split: torch.Tensor, flows: Flows) -> torch.Tensor:
+        return -state["demand"] * (split * flows.path_latency.unsqueeze(1)).sum(-1)
+
+    def evaluate_step(self, state: State, actions: torch.Tensor, generator: torch.Generator
+                      ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], State]:
+        """``step``'s loss, rewards, diagnostics and next state from one evaluation of the flows (the
+        separate functions route the split once each); the same operations, hence the same numbers."""
+        split = simplex_split(actions)
+        flows = self._flows(state, split)
+        system_loss = total_time_of(flows)
+        payoffs = None if self.config.social_weight_effective == 1.0 else self._payoffs(state, split, flows)
+        rewards = self.rewards(state, actions, system_loss, payoffs)
+        return system_loss, rewards, self._diagnostics(state, flows), self._next_state(state, split, flows, generator)
 
     def transition(self, state: State, actions: torch.Tensor, generator: torch.Generator) -> State:
-        next_state = self._after(state, simplex_split(actions))
+        return self._next_state(state, simplex_split(actions), None, generator)
+
+    def _next_state(self, state: State, split: torch.Tensor, flows: Flows | None,
+                    generator: torch.Generator) -> State:
+        next_state = self._after(state, split, flows)
         next_state.update(self._exogenous(state["t"].shape[0], generator))
         next_state["t"] = state["t"] + 1
         return next_state
 
     def diagnostics(self, state: State, actions: torch.Tensor) -> dict[str, torch.Tensor]:
-        flows = self._flows(state, simplex_split(actions))
-        total_time = (flows.edge_flow * flows.edge_latency).sum(-1)
+        return self._diagnostics(state, self._flows(state, simplex_split(actions)))
+
+    def _diagnostics(self, state: State, flows: Flows) -> dict[str, torch.Tensor]:
+        total_time = total_time_of(flows)
         total_demand = state["demand"].sum(-1)
         load = flows.edge_flow / (self.network.capacity * state["capacity_factor"])
         return {
@@ -667,6 +694,19 @@ class Routing(Scenario):
             out.update(closed_form_ue_total_time=ue_total, closed_form_so_total_time=so_total,
                        closed_form_price_of_anarchy=ue_total / so_total)
         return out
+
+    def unilateral_system_loss(self, state: State, nominal_actions: torch.Tensor,
+                               attacked_actions: torch.Tensor) -> torch.Tensor:
+        """Total travel time (4) ``(B, N)`` when agent i alone deviates: the nominal path flows once, plus
+        agent i's own change ``d_i (s'_i - s_i)``, then edge flows and latencies ``(B, N, E)`` (the default
+        routes N copies of every state's joint split)."""
+        demand = state["demand"]
+        nominal_split = simplex_split(nominal_actions)
+        path_flow = torch.einsum("bn,bnp->bp", demand, nominal_split)
+        deviated = path_flow.unsqueeze(1) + demand.unsqueeze(-1) * (simplex_split(attacked_actions) - nominal_split)
+        edge_flow = deviated @ self.network.incidence
+        latency = edge_latency(self.network, edge_flow, state["capacity_factor"].unsqueeze(1))
+        return (edge_flow * latency).sum(-1)
 
 
 def parallel_env(**kwargs):

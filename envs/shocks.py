@@ -32,7 +32,7 @@ from typing import Callable, NamedTuple
 
 import torch
 
-from envs.core import check_choice, check_positive_int, check_real
+from envs.core import check_choice, check_positive_int, check_real, rand, randn
 
 NORMS = ("l2", "linf")
 RULES = ("gradient", "normalized")
@@ -64,13 +64,13 @@ def random_in_ball(shape: tuple[int, ...], eps: float, norm: str, mask: torch.Te
                    generator: torch.Generator, device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
     """Uniform samples in the (masked) eps-ball of the given norm, ``shape = (*batch, D)``."""
     if norm == "linf":
-        sample = eps * (2 * torch.rand(shape, generator=generator, device=device, dtype=dtype) - 1)
+        sample = eps * (2 * rand(shape, generator, device=device, dtype=dtype) - 1)
         return sample * mask if mask is not None else sample
-    gaussian = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+    gaussian = randn(shape, generator, device=device, dtype=dtype)
     if mask is not None:
         gaussian = gaussian * mask
     dim = int(mask.sum()) if mask is not None else shape[-1]
-    radius = eps * torch.rand((*shape[:-1], 1), generator=generator, device=device, dtype=dtype) ** (1.0 / max(dim, 1))
+    radius = eps * rand((*shape[:-1], 1), generator, device=device, dtype=dtype) ** (1.0 / max(dim, 1))
     return gaussian / gaussian.norm(dim=-1, keepdim=True).clamp_min(1e-30) * radius
 
 
@@ -243,29 +243,31 @@ def system_objective(scenario, state: dict, obs: torch.Tensor, policy: Callable,
 
     ``shared``: every agent sees the shocked shared state, ``g`` is ``(B,)``. ``per_agent``: ``g_i`` is
     the system loss when agent i alone acts on its shocked observation and the others keep their
-    nominal actions, ``(B, N)``, evaluated for all i in one batched call.
+    nominal actions, ``(B, N)``, for all i at once (``Scenario.unilateral_system_loss``; the nominal
+    actions are computed once, outside the objective).
     """
     check_choice("mode", mode, MODES)
     if mode == "shared":
         return lambda delta: scenario.system_loss(state, policy(shocked(obs, delta)))
-    batch, n = obs.shape[:2]
-    nominal = policy(obs).detach()
-    eye = torch.eye(n, dtype=torch.bool, device=obs.device).view(1, n, n, 1)
-    repeated = {key: value.repeat_interleave(n, dim=0) for key, value in state.items()}
+    with torch.no_grad():
+        nominal = policy(obs)
 
     def objective(delta: torch.Tensor) -> torch.Tensor:
-        attacked = policy(obs + delta)  # agent j's action depends on its own observation only
-        joint = torch.where(eye, attacked.unsqueeze(1), nominal.unsqueeze(1))  # (B, i, j, A)
-        return scenario.system_loss(repeated, joint.reshape(batch * n, n, -1)).view(batch, n)
+        # agent i's attacked action depends on its own shocked observation only
+        return scenario.unilateral_system_loss(state, nominal, policy(obs + delta))
 
     return objective
 
 
-def action_objective(obs: torch.Tensor, policy: Callable, mode: str) -> Callable:
+def action_objective(obs: torch.Tensor, policy: Callable, mode: str,
+                     nominal: torch.Tensor | None = None) -> Callable:
     """``g(delta) = ||pi(obs + delta) - pi(obs)||^2`` per agent (summed over agents when shared): the
-    maximal-action-deviation attack of SA-PPO."""
+    maximal-action-deviation attack of SA-PPO. ``nominal``: ``pi(obs)`` when the caller has it already."""
     check_choice("mode", mode, MODES)
-    nominal = policy(obs).detach()
+    if nominal is None:
+        with torch.no_grad():
+            nominal = policy(obs)
+    nominal = nominal.detach()
 
     def objective(delta: torch.Tensor) -> torch.Tensor:
         change = ((policy(shocked(obs, delta)) - nominal) ** 2).sum(-1)

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import torch
 
-from envs.batch import Batch
+from envs.batch import Batch, member_mean
 from envs.shocks import budget_use, pga, system_objective
-from regularizers.jvp import jvp_norms, penalty_from_norms
+from envs.core import members, randint, randn
+from regularizers.jvp import frozen_parameters, jvp_norms, norm_diagnostics, penalty_from_norms
 
 
 def per_agent_system_objective(policy, batch: Batch, scenario):
@@ -41,10 +42,12 @@ def per_agent_system_objective(policy, batch: Batch, scenario):
 def aajr_trajectory(policy, batch: Batch, scenario, eps: float, steps: int, norm: str = "l2",
                     step_size: float | None = None, rule: str = "gradient"):
     """Per-agent PGA on the system loss at the minibatch states (in the scenario's dtype): the points
-    ``s + delta_t`` and the directions ``u_t`` of eq. 20, with the trajectory itself."""
-    obs, objective = per_agent_system_objective(policy, batch, scenario)
-    trajectory = pga(objective, tuple(obs.shape), eps, norm, steps, step_size, scenario.shock_mask,
-                     device=obs.device, dtype=scenario.dtype, rule=rule)
+    ``s + delta_t`` and the directions ``u_t`` of eq. 20, with the trajectory itself (PGA differentiates
+    with respect to the shock alone: the policy's parameters are frozen meanwhile)."""
+    with frozen_parameters(policy):
+        obs, objective = per_agent_system_objective(policy, batch, scenario)
+        trajectory = pga(objective, tuple(obs.shape), eps, norm, steps, step_size, scenario.shock_mask,
+                         device=obs.device, dtype=scenario.dtype, rule=rule)
     points = (obs.unsqueeze(0) + trajectory.deltas[:-1]).to(policy.log_std.dtype)
     return points, trajectory.directions.to(policy.log_std.dtype), trajectory
 
@@ -56,7 +59,7 @@ def sampled_steps(points: torch.Tensor, directions: torch.Tensor,
     the K steps (agent i's action depends on its own observation only, so each agent may sit at its
     own step), at 1/K of the JVPs."""
     k, m, n, d = points.shape
-    steps = torch.randint(k, (1, m, n, 1), generator=generator, device=points.device).expand(1, m, n, d)
+    steps = randint(k, (1, m, n, 1), generator, row_dim=1, device=points.device).expand(1, m, n, d)
     return points.gather(0, steps), directions.gather(0, steps)
 
 
@@ -78,18 +81,20 @@ def aajr_penalty(policy, batch: Batch, scenario, eps: float, steps: int,
             raise ValueError("sample_steps=True needs a torch.Generator for reproducibility")
         points, directions = sampled_steps(points, directions, generator)
     norms = jvp_norms(policy.deterministic_action, points, directions)
-    detached = norms.detach()
-    diagnostics = {"reg/jvp_norm_mean": float(detached.mean()), "reg/jvp_norm_max": float(detached.max()),
-                   "reg/pga_gain": float((trajectory.values[-1] - trajectory.values[0]).mean()),
-                   "reg/budget_use": float(budget_use(trajectory.deltas[-1], eps, norm).mean())}
-    return penalty_from_norms(norms, budget), diagnostics
+    count = members(generator)
+    gain = member_mean(trajectory.values[-1] - trajectory.values[0], count)
+    use = member_mean(budget_use(trajectory.deltas[-1], eps, norm), count)
+    diagnostics = {**norm_diagnostics(norms, "jvp_norm", count),
+                   "reg/pga_gain": float(gain) if count == 1 else gain,
+                   "reg/budget_use": float(use) if count == 1 else use}
+    return penalty_from_norms(norms, budget, count), diagnostics
 
 
 def random_unit_directions(shape: tuple[int, ...], generator: torch.Generator, device, dtype,
-                           mask: torch.Tensor | None = None) -> torch.Tensor:
+                           mask: torch.Tensor | None = None, row_dim: int = 0) -> torch.Tensor:
     """Directions uniform on the unit sphere of the last dimension, or of its coordinates where the
     boolean ``mask`` ``(D,)`` is set (zero elsewhere)."""
-    directions = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+    directions = randn(shape, generator, row_dim=row_dim, device=device, dtype=dtype)
     if mask is not None:
         directions = directions * mask.to(device=device, dtype=dtype)
     return directions / directions.norm(dim=-1, keepdim=True)
@@ -101,8 +106,7 @@ def global_jacobian_penalty(policy, batch: Batch, directions: int, generator: to
     """Frobenius-norm estimator: ``||J_i(s) u||^2`` at the states along ``directions`` (K) random unit
     directions each, on the sphere of the channels ``mask`` ``(D,)`` (all features when None)."""
     obs = batch.obs
-    units = random_unit_directions((directions, *obs.shape), generator, obs.device, obs.dtype, mask)
+    units = random_unit_directions((directions, *obs.shape), generator, obs.device, obs.dtype, mask, row_dim=1)
     norms = jvp_norms(policy.deterministic_action, obs.unsqueeze(0).expand(directions, *obs.shape), units)
-    detached = norms.detach()
-    diagnostics = {"reg/jvp_norm_mean": float(detached.mean()), "reg/jvp_norm_max": float(detached.max())}
-    return penalty_from_norms(norms, budget), diagnostics
+    count = members(generator)
+    return penalty_from_norms(norms, budget, count), norm_diagnostics(norms, "jvp_norm", count)

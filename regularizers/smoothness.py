@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import torch
 
-from envs.batch import Batch
+from envs.batch import Batch, member_mean
+from envs.core import members
 from envs.shocks import action_objective, budget_use, pga
-from regularizers.jvp import penalty_from_norms
+from regularizers.jvp import frozen_parameters, norm_diagnostics, penalty_from_norms
 
 
 def smoothness_penalty(policy, batch: Batch, mask: torch.Tensor | None, eps: float, steps: int,
@@ -30,15 +31,17 @@ def smoothness_penalty(policy, batch: Batch, mask: torch.Tensor | None, eps: flo
     """
     obs = batch.obs
     action_map = policy.deterministic_action
-    objective = action_objective(obs.detach(), action_map, "per_agent")
-    trajectory = pga(objective, tuple(obs.shape), eps, norm, steps, step_size,
-                     None if mask is None else mask.to(obs.device), random_start=True, generator=generator,
-                     device=obs.device, dtype=obs.dtype, rule=rule)
+    nominal = action_map(obs)  # one forward for PGA's reference and the penalty's
+    objective = action_objective(obs.detach(), action_map, "per_agent", nominal=nominal)
+    with frozen_parameters(policy):  # PGA differentiates with respect to the shock alone
+        trajectory = pga(objective, tuple(obs.shape), eps, norm, steps, step_size,
+                         None if mask is None else mask.to(obs.device), random_start=True, generator=generator,
+                         device=obs.device, dtype=obs.dtype, rule=rule)
     delta = trajectory.deltas[-1].detach()
-    change = (action_map(obs + delta) - action_map(obs)).norm(dim=-1) / eps
-    detached = change.detach()
-    diagnostics = {"reg/action_change_mean": float(detached.mean() * eps),
-                   "reg/action_change_max": float(detached.max() * eps),
-                   "reg/pga_gain": float((trajectory.values[-1] - trajectory.values[0]).mean()),
-                   "reg/pga_move": float(budget_use(delta - trajectory.deltas[0], eps, norm).mean())}
-    return penalty_from_norms(change, budget), diagnostics
+    change = (action_map(obs + delta) - nominal).norm(dim=-1) / eps
+    count = members(generator)
+    moved = {"reg/pga_gain": member_mean(trajectory.values[-1] - trajectory.values[0], count),
+             "reg/pga_move": member_mean(budget_use(delta - trajectory.deltas[0], eps, norm), count)}
+    diagnostics = {**norm_diagnostics(change.unsqueeze(0) * eps, "action_change", count),
+                   **{key: float(value) if count == 1 else value for key, value in moved.items()}}
+    return penalty_from_norms(change.unsqueeze(0), budget, count), diagnostics

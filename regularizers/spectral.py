@@ -15,10 +15,11 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from torch.func import jvp, vjp
+from torch.func import vjp
 
 from envs.batch import Batch
-from regularizers.jvp import jvp_norms, penalty_from_norms
+from envs.core import members, randn
+from regularizers.jvp import jvp_norms, norm_diagnostics, penalty_from_norms, tangent_of
 
 
 def top_singular_directions(action_map: Callable[[torch.Tensor], torch.Tensor], points: torch.Tensor,
@@ -28,13 +29,13 @@ def top_singular_directions(action_map: Callable[[torch.Tensor], torch.Tensor], 
     by power iteration on ``J^T J`` (one JVP and one VJP per iteration, detached); with a boolean
     ``mask`` ``(D,)``, of ``J_i P`` (iteration on ``P J^T J P``, zero off the mask)."""
     keep = None if mask is None else mask.to(device=points.device, dtype=points.dtype)
-    v = torch.randn(points.shape, generator=generator, device=points.device, dtype=points.dtype)
+    v = randn(points.shape, generator, device=points.device, dtype=points.dtype)
     v = v if keep is None else v * keep
     v = v / v.norm(dim=-1, keepdim=True)
     x = points.detach()
     _, pullback = vjp(action_map, x)
     for _ in range(iterations):
-        jv = jvp(action_map, (x,), (v,))[1]
+        jv = tangent_of(action_map, x, v)
         v = pullback(jv)[0]  # J_i^T J_i v_i for every agent (the Jacobian is block diagonal)
         v = v if keep is None else v * keep
         v = (v / (v.norm(dim=-1, keepdim=True) + 1e-12)).detach()
@@ -51,6 +52,5 @@ def spectral_penalty(policy, batch: Batch, iterations: int, generator: torch.Gen
     with torch.no_grad():
         directions = top_singular_directions(policy.deterministic_action, obs, iterations, generator, mask)
     norms = jvp_norms(policy.deterministic_action, obs.unsqueeze(0), directions.unsqueeze(0))
-    detached = norms.detach()
-    diagnostics = {"reg/spectral_norm_mean": float(detached.mean()), "reg/spectral_norm_max": float(detached.max())}
-    return penalty_from_norms(norms, budget), diagnostics
+    count = members(generator)
+    return penalty_from_norms(norms, budget, count), norm_diagnostics(norms, "spectral_norm", count)

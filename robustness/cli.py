@@ -24,6 +24,7 @@ diagnose it, and report IQMs with bootstrap confidence intervals.
     python benchmark.py --preset smoke                      # minutes on a 2-core CPU
     python benchmark.py --preset full --jobs 2 --out runs/benchmark/full
     python benchmark.py --preset full --backend ray --address auto   # on a Ray cluster
+    python benchmark.py --preset corollary --backend population --set device=cuda   # populations on a GPU
 
 Results go to --out (default runs/benchmark/<preset>; results/ holds the committed results): run.json (command and grid),
 cells/<cell>.json, runs/<cell>/ (run directories, as train.py writes them), evaluations.csv,
@@ -54,8 +55,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--modes", nargs="+", help="override the shock modes (shared per_agent)")
     parser.add_argument("--eps", type=float, nargs="+", help="override the eps grid (0 is always included)")
     parser.add_argument("--episodes", type=int, help="override the evaluation episodes per cell")
-    parser.add_argument("--backend", default="local", choices=BACKENDS)
-    parser.add_argument("--jobs", type=int, default=1, help="cells run in parallel (processes or Ray tasks)")
+    parser.add_argument("--backend", default="local", choices=BACKENDS,
+                        help="local: cells one by one or in --jobs processes; ray: Ray tasks; population: the cells of "
+                             "one scenario and method trained as one batched program (agents.population_run), then "
+                             "attacked like local ones")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="cells run in parallel (processes or Ray tasks; the population backend's evaluations)")
+    parser.add_argument("--population-size", type=int, default=0,
+                        help="the population backend's largest population (0: every cell of a scenario and method)")
     parser.add_argument("--address", help="Ray cluster address (default: a local Ray)")
     parser.add_argument("--reps", type=int, default=2000, help="bootstrap resamples of the report")
     parser.add_argument("--no-report", action="store_true", help="skip tables and figures")
@@ -82,6 +89,9 @@ def grid_config(args: argparse.Namespace) -> BenchmarkConfig:
                                   ("episodes", args.episodes)) if value is not None}
     with config_errors():  # the grids' own checks name the field
         check_positive_int("reps", args.reps)  # the report's, refused before the grid trains
+        if args.population_size < 0 or (args.population_size and args.backend != "population"):
+            raise ValueError(f"--population-size must be an integer >= 0 and goes with --backend population, got "
+                             f"{args.population_size} with --backend {args.backend}")
         if attack:
             changes["attack"] = dataclasses.replace(config.attack, **attack)
         return dataclasses.replace(config, **changes)
@@ -114,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
             def progress(finished: int, total: int, cell: str) -> None:
                 bar.update(task, completed=finished, total=total, status=cell and f"done: {cell}")
 
-            run_grid(config, out, args.backend, args.jobs, args.address, command, args.preset, progress)
+            run_grid(config, out, args.backend, args.jobs, args.address, command, args.preset, progress,
+                     population_size=args.population_size)
         if not args.no_report:
             from robustness.report import write_report
             paths = write_report(out, reps=args.reps)

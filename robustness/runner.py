@@ -21,15 +21,16 @@ from typing import Any, Callable, Iterable
 import torch
 
 from agents.config import SIZES, ConfigError, TrainConfig, to_dict as config_to_dict, check_run_seed, config_errors, parse_overrides, resolve
-from agents.run import (CHECKPOINT, CONFIG, atomic_write, atomic_write_csv, check_device, load_config, load_run,
-                        read_json, train)
+from agents.population_run import population_methods, train_population
+from agents.run import (CHECKPOINT, CONFIG, SUMMARY, atomic_write, atomic_write_csv, check_device, load_checkpoint,
+                        load_config, load_run, read_json, train)
 from envs.core import SCENARIOS, check_choice, check_positive_int, check_real
 from regularizers import METHODS
 from robustness.adversary import saved_adversaries
 from robustness.diagnostics import evaluation_states, in_float64, step_size_sweep, theory_diagnostics
 from robustness.evaluate import AttackGrid, evaluate_under_attacks
 
-BACKENDS = ("local", "ray")
+BACKENDS = ("local", "ray", "population")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -310,12 +311,61 @@ def _run_ray(cells: list[Cell], config: BenchmarkConfig, results_dir: pathlib.Pa
             ray.shutdown()
 
 
+def checkpoint_iteration(run_dir: pathlib.Path) -> int | None:
+    """The iteration of a cell's checkpoint (0 without one), or None when its run is finished."""
+    if (run_dir / SUMMARY).exists():
+        return None
+    if not (run_dir / CHECKPOINT).exists():
+        return 0
+    return int(load_checkpoint(run_dir)["iteration"])
+
+
+def population_groups(cells: list[Cell], config: BenchmarkConfig, results_dir: pathlib.Path,
+                      size: int = 0) -> list[list[Cell]]:
+    """The pending cells that train together (``--backend population``): those of one scenario and one
+    method that a population trains (``agents.population_run.population_methods``), whose runs are at one
+    checkpoint iteration (fresh ones at 0), at most ``size`` per group (0: no limit), in grid order.
+    Every other cell is a group of its own (trained alone, or already trained)."""
+    supported = population_methods()
+    groups: dict[tuple, list[Cell]] = {}
+    for cell in cells:
+        iteration = checkpoint_iteration(results_dir / "runs" / cell.name)
+        alone = iteration is None or cell.method not in supported
+        key = (cell.name,) if alone else (cell.scenario, cell.method, iteration)
+        groups.setdefault(key, []).append(cell)
+    chunks = []
+    for group in groups.values():
+        step = size or len(group)
+        chunks += [group[start:start + step] for start in range(0, len(group), step)]
+    return chunks
+
+
+def _run_population(cells: list[Cell], config: BenchmarkConfig, results_dir: pathlib.Path, jobs: int,
+                    done: Callable[[Cell], None], size: int) -> None:
+    """Train each group of ``population_groups`` as one population (``agents.population_run``), then
+    attack and diagnose its cells as the local backend does (their runs are finished by then)."""
+    torch.set_num_threads(1)
+    for group in population_groups(cells, config, results_dir, size):
+        run_dirs = [results_dir / "runs" / cell.name for cell in group]
+        if len(group) > 1:
+            configs = [cell_config(cell, config) for cell in group]
+            resume = (run_dirs[0] / CHECKPOINT).exists()
+            if resume:
+                for cell, run_config, run_dir in zip(group, configs, run_dirs):
+                    if training_fields(load_config(run_dir)) != training_fields(run_config):
+                        raise ConfigError(f"{run_dir / CONFIG} holds another run config than cell {cell.name} asks "
+                                          f"for; move {run_dir} away to train the cell again")
+            train_population(configs, run_dirs, resume=resume, progress=False)
+        _run_local(group, config, results_dir, jobs, done)
+
+
 def run_grid(config: BenchmarkConfig, results_dir: pathlib.Path, backend: str = "local", jobs: int = 1,
              address: str | None = None, command: str = "", preset: str = "",
-             progress: Callable[[int, int, str], None] | None = None) -> list[Cell]:
+             progress: Callable[[int, int, str], None] | None = None, population_size: int = 0) -> list[Cell]:
     """Run every pending cell of the grid and merge the results into ``evaluations.csv`` and
     ``diagnostics.csv``; returns the cells run in this call. ``run.json`` records the command and
-    grid; a results directory holding another grid is refused."""
+    grid; a results directory holding another grid is refused. ``backend="population"`` trains the
+    cells of one scenario and method as populations of at most ``population_size`` runs (0: all)."""
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; allowed: {', '.join(BACKENDS)}")
     if jobs < 1:
@@ -352,6 +402,8 @@ def run_grid(config: BenchmarkConfig, results_dir: pathlib.Path, backend: str = 
         progress(finished, len(cells), "")
     if backend == "ray":
         _run_ray(pending, config, results_dir, jobs, done, address)
+    elif backend == "population":
+        _run_population(pending, config, results_dir, jobs, done, population_size)
     else:
         _run_local(pending, config, results_dir, jobs, done)
     merge_results(results_dir, cells)

@@ -175,7 +175,7 @@ def test_benchmark_refuses_a_missing_report_dependency_before_training(tmp_path,
 def test_benchmark_default_out_is_outside_the_committed_results(monkeypatch, tmp_path):
     from robustness import cli
     seen = {}
-    monkeypatch.setattr(cli, "run_grid", lambda config, out, *args: seen.setdefault("out", out))
+    monkeypatch.setattr(cli, "run_grid", lambda config, out, *args, **kwargs: seen.setdefault("out", out))
     monkeypatch.chdir(tmp_path)
     assert cli.main(["--preset", "full", "--no-report"]) == 0
     assert seen["out"] == pathlib.Path("runs/benchmark/full")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from envs.compute import Compute, actions_for_fractions, split_work
-from envs.core import make_generator, make_scenario
+from envs.core import Scenario, make_generator, make_scenario
 
 DETERMINISTIC = {"arrival_noise": 0.0, "capacity_noise": 0.0, "capacity_drop_prob": 0.0, "spike_prob": 0.0}
 F64 = torch.float64
@@ -258,3 +258,52 @@ def test_bad_values_are_named():
         scenario.step(state, torch.ones(2, 4, 3), make_generator(0))
     with pytest.raises(ValueError, match="NaN or inf"):
         scenario.step(state, torch.full((2, 4, 4), float("nan")), make_generator(0))
+
+
+@pytest.mark.parametrize("reward_mode", ["social", "selfish", "mixed"])
+def test_fused_step_equals_the_separate_calls(reward_mode):
+    # Compute.evaluate_step evaluates the service model once; Scenario.evaluate_step (the default) calls
+    # system_loss, rewards, diagnostics and transition separately: the same operations, so bit-equal
+    scenario = make(n_agents=3, n_servers=4, reward_mode=reward_mode, spike_prob=0.3, load_factor=1.5)
+    generator = make_generator(0)
+    state = scenario.reset(64, generator)
+    for _ in range(6):  # random states with queues, spikes and full buffers
+        actions = torch.rand(64, 3, 4, dtype=F64, generator=generator)
+        draws = generator.get_state()
+        fused = scenario.evaluate_step(state, actions, generator)
+        separate_generator = make_generator(0)
+        separate_generator.set_state(draws)
+        separate = Scenario.evaluate_step(scenario, state, actions, separate_generator)
+        assert torch.equal(generator.get_state(), separate_generator.get_state())  # the same draws
+        for name, got, expected in zip(("system_loss", "rewards"), fused[:2], separate[:2]):
+            assert torch.equal(got, expected), name
+        for part, got, expected in (("info", fused[2], separate[2]), ("next state", fused[3], separate[3])):
+            assert got.keys() == expected.keys(), part
+            for key in got:
+                assert torch.equal(got[key], expected[key]), (part, key)
+        state = fused[3]
+    assert state["queue"].sum() > 0 and state["spiking"].any()
+
+
+def test_observe_clips_each_feature_to_its_range():
+    # observe clips its parts separately (cheaper): the result is the whole observation clipped to the box
+    scenario = make(n_agents=2, n_servers=3, horizon=2)
+    generator = make_generator(0)
+    state = scenario.reset(5, generator)
+
+    def uniform(scale, *shape):
+        return scale * torch.rand(*shape, dtype=F64, generator=generator)
+    state.update(queue=uniform(20.0, 5, 2, 3) - 1.0, arrivals=uniform(200.0, 5, 2), capacity=uniform(10.0, 5, 3),
+                 t=torch.arange(5))
+    work = state["arrivals"] + state["retries"]
+    raw = torch.cat([
+        (state["queue"].sum(1) / scenario.buffer).unsqueeze(1).expand(-1, 2, -1),
+        (state["capacity"] / scenario.nominal_capacity).unsqueeze(1).expand(-1, 2, -1),
+        ((work.sum(-1, keepdim=True) - work) / scenario.total_capacity).unsqueeze(-1),
+        (work / scenario.arrival_rate).unsqueeze(-1),
+        state["queue"] / scenario.buffer,
+        (state["t"] / 2.0).view(-1, 1, 1).expand(-1, 2, 1),
+    ], dim=-1)
+    expected = torch.minimum(torch.maximum(raw, scenario.obs_low), scenario.obs_high)
+    assert torch.equal(scenario.observe(state), expected)
+    assert (raw != expected).any(dim=(0, 1)).all()  # every feature is clipped somewhere

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import envs.routing  # noqa: F401  (registers the scenario)
-from envs.core import make_generator, make_scenario
+from envs.core import Scenario, make_generator, make_scenario
 from envs.routing import (
     actions_for_split,
     beckmann_potential,
@@ -315,3 +315,24 @@ def test_bad_reference_and_objective_names():
         scenario.reference_action(state, "nash")
     with pytest.raises(ValueError, match="unknown objective 'ue'"):
         frank_wolfe(scenario.network, tensor([1.0]), torch.ones(1, 2, dtype=F64), "ue")
+
+
+@pytest.mark.parametrize("reward_mode", ["social", "mixed"])
+def test_fused_step_equals_the_separate_calls(reward_mode):
+    # Routing.evaluate_step routes the split once; Scenario.evaluate_step (the default) calls system_loss,
+    # rewards, diagnostics and transition separately: the same operations, so bit-equal
+    scenario = make_scenario("routing", n_agents=3, n_paths=5, reward_mode=reward_mode, dtype=torch.float64)
+    generator = make_generator(0)
+    state = scenario.reset(32, generator)
+    for _ in range(3):
+        actions = torch.rand(32, 3, 5, dtype=torch.float64, generator=generator)
+        draws = generator.get_state()
+        fused = scenario.evaluate_step(state, actions, generator)
+        separate_generator = make_generator(0)
+        separate_generator.set_state(draws)
+        separate = Scenario.evaluate_step(scenario, state, actions, separate_generator)
+        assert torch.equal(fused[0], separate[0]) and torch.equal(fused[1], separate[1])
+        for got, expected in zip(fused[2:], separate[2:]):
+            assert got.keys() == expected.keys()
+            assert all(torch.equal(got[key], expected[key]) for key in got)
+        state = fused[3]
