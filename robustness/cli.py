@@ -62,7 +62,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=1,
                         help="cells run in parallel (processes or Ray tasks; the population backend's evaluations)")
     parser.add_argument("--population-size", type=int, default=0,
-                        help="the population backend's largest population (0: every cell of a scenario and method)")
+                        help="the population backend's largest population (0: 8 on a CPU, where larger ones outgrow the "
+                             "caches; every cell of a scenario and method on an accelerator)")
     parser.add_argument("--address", help="Ray cluster address (default: a local Ray)")
     parser.add_argument("--reps", type=int, default=2000, help="bootstrap resamples of the report")
     parser.add_argument("--no-report", action="store_true", help="skip tables and figures")
