@@ -38,8 +38,8 @@ from agents.policy import make_policy
 from agents.population import member_metrics
 from agents.progress import progress_bar
 from agents.run import (CHECKPOINT, SUMMARY, MetricsLog, PeriodicEvaluation, StopRequest, atomic_write, check_device,
-                        check_new_run_dir, create_run, load_checkpoint, read_metrics, read_summary, restore,
-                        train, write_learning_curve)
+                        check_new_run_dir, check_tracking, create_run, load_checkpoint, read_metrics, read_summary,
+                        restore, start_tracking, train, write_learning_curve)
 from envs.vector import TorchVectorEnv
 from regularizers import METHODS, make_regularizer
 
@@ -208,8 +208,15 @@ def train_population(configs: list[TrainConfig], run_dirs: list[pathlib.Path | s
     check_population(configs)
     if len(configs) == 1:  # a population of one is a single run
         return [train(configs[0], run_dirs[0], resume=resume, progress=progress, max_iterations=max_iterations)]
+    for config in configs:
+        check_tracking(config)
     if resume:
         states = [load_checkpoint(run_dir, configs[0].device) for run_dir in run_dirs]
+        iterations = [state.get("iteration") for state in states]
+        if len(set(iterations)) != 1:
+            at = ", ".join(f"{run_dir / CHECKPOINT} at {iteration}" for run_dir, iteration in zip(run_dirs, iterations))
+            raise ConfigError(f"population members are at different iterations ({at}); resume them in groups "
+                              f"at one iteration each")
     else:
         for run_dir in run_dirs:
             check_new_run_dir(run_dir)
@@ -229,7 +236,8 @@ def train_population(configs: list[TrainConfig], run_dirs: list[pathlib.Path | s
     stop_at = learner.total_iterations if max_iterations is None else min(
         learner.total_iterations, learner.iteration + max_iterations)
     evaluations = [PeriodicEvaluation(config, learner.env.scenario) for config in configs]
-    logs = [MetricsLog(run_dir, kept, purge_step=learner.agent_steps + 1) for run_dir, kept in zip(run_dirs, rows)]
+    logs = [MetricsLog(run_dir, kept, purge_step=learner.agent_steps + 1, tracker=start_tracking(config, run_dir))
+            for config, run_dir, kept in zip(configs, run_dirs, rows)]
     if learner.iteration == 0:
         for log, config in zip(logs, configs):
             log.write_hyperparameters(config)

@@ -5,8 +5,9 @@ own observation only, the Jacobian of the whole map is block diagonal, so one JV
 ``u`` of shape ``(B, N, D)`` gives every agent's ``J_i(x) u_i`` at once. Points and directions with
 leading ``(K, M)`` dimensions are flattened into one call: no loop over steps, states or agents.
 The JVP runs on PyTorch's dual tensors (``torch.autograd.forward_ad``): the same forward-mode rules as
-``torch.func.jvp`` (same numbers), without its per-operation functorch wrapping, which on minibatch-sized
-inputs (800 x 4 rows, width 64, one thread) cost about a quarter of the penalty's time.
+``torch.func.jvp`` (the same tangents; parameter gradients equal up to float rounding), without its
+per-operation functorch wrapping, which on minibatch-sized inputs (800 x 4 rows, width 64, one thread)
+cost about a quarter of the penalty's time.
 
 Cost: the tangent doubles every matrix product, so a penalty's forward+backward takes about twice the
 products of one plain forward+backward of the policy on the same inputs, and that is what it does

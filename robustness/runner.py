@@ -312,11 +312,11 @@ def _run_ray(cells: list[Cell], config: BenchmarkConfig, results_dir: pathlib.Pa
 
 
 def checkpoint_iteration(run_dir: pathlib.Path) -> int | None:
-    """The iteration of a cell's checkpoint (0 without one), or None when its run is finished."""
+    """The iteration of a cell's checkpoint (-1 without one), or None when its run is finished."""
     if (run_dir / SUMMARY).exists():
         return None
     if not (run_dir / CHECKPOINT).exists():
-        return 0
+        return -1
     return int(load_checkpoint(run_dir)["iteration"])
 
 
@@ -329,42 +329,56 @@ CPU_POPULATION_SIZE = 8
 def population_groups(cells: list[Cell], config: BenchmarkConfig, results_dir: pathlib.Path,
                       size: int = 0) -> list[list[Cell]]:
     """The pending cells that train together (``--backend population``): those of one scenario and one
-    method that a population trains (``agents.population_run.population_methods``), whose runs are at one
-    checkpoint iteration (fresh ones at 0), at most ``size`` per group (0: ``CPU_POPULATION_SIZE`` on a
-    CPU, no limit on an accelerator), in grid order. Every other cell is a group of its own (trained
-    alone, or already trained)."""
+    method that a population trains (``agents.population_run.population_methods``), all with a hinge budget
+    or all without, whose runs are at one checkpoint iteration (or all fresh), at most ``size`` per group
+    (0: ``CPU_POPULATION_SIZE`` on a CPU, no limit on an accelerator), in grid order. The other cells
+    (other methods, finished runs) come last, in one group that trains nothing together."""
     supported = population_methods()
     groups: dict[tuple, list[Cell]] = {}
+    alone: list[Cell] = []
     for cell in cells:
         iteration = checkpoint_iteration(results_dir / "runs" / cell.name)
-        alone = iteration is None or cell.method not in supported
-        key = (cell.name,) if alone else (cell.scenario, cell.method, iteration)
-        groups.setdefault(key, []).append(cell)
+        if iteration is None or cell.method not in supported:
+            alone.append(cell)
+        else:
+            groups.setdefault((cell.scenario, cell.method, cell.budget > 0, iteration), []).append(cell)
     chunks = []
     for group in groups.values():
         on_cpu = device_kind(cell_config(group[0], config).device) == "cpu"
         step = size or (CPU_POPULATION_SIZE if on_cpu else len(group))
         chunks += [group[start:start + step] for start in range(0, len(group), step)]
-    return chunks
+    return chunks + ([alone] if alone else [])
 
 
 def _run_population(cells: list[Cell], config: BenchmarkConfig, results_dir: pathlib.Path, jobs: int,
                     done: Callable[[Cell], None], size: int) -> None:
     """Train each group of ``population_groups`` as one population (``agents.population_run``), then
-    attack and diagnose its cells as the local backend does (their runs are finished by then)."""
+    attack and diagnose its cells as the local backend does (the last group, of cells that train alone or
+    are trained, goes to the local backend whole, ``jobs`` at a time). A population stopped early (Ctrl-C)
+    or with a member stopped for a non-finite loss is a ``RuntimeError`` naming those cells, after its
+    finished cells are attacked."""
     torch.set_num_threads(1)
+    supported = population_methods()
     for group in population_groups(cells, config, results_dir, size):
+        if not all(cell.method in supported for cell in group) or len(group) == 1 or all(
+                checkpoint_iteration(results_dir / "runs" / cell.name) is None for cell in group):
+            _run_local(group, config, results_dir, jobs, done)
+            continue
         run_dirs = [results_dir / "runs" / cell.name for cell in group]
-        if len(group) > 1:
-            configs = [cell_config(cell, config) for cell in group]
-            resume = (run_dirs[0] / CHECKPOINT).exists()
-            if resume:
-                for cell, run_config, run_dir in zip(group, configs, run_dirs):
-                    if training_fields(load_config(run_dir)) != training_fields(run_config):
-                        raise ConfigError(f"{run_dir / CONFIG} holds another run config than cell {cell.name} asks "
-                                          f"for; move {run_dir} away to train the cell again")
-            train_population(configs, run_dirs, resume=resume, progress=False)
-        _run_local(group, config, results_dir, jobs, done)
+        configs = [cell_config(cell, config) for cell in group]
+        resume = (run_dirs[0] / CHECKPOINT).exists()
+        if resume:
+            for cell, run_config, run_dir in zip(group, configs, run_dirs):
+                if training_fields(load_config(run_dir)) != training_fields(run_config):
+                    raise ConfigError(f"{run_dir / CONFIG} holds another run config than cell {cell.name} asks "
+                                      f"for; move {run_dir} away to train the cell again")
+        summaries = train_population(configs, run_dirs, resume=resume, progress=False)
+        trained = [cell for cell, summary in zip(group, summaries) if summary is not None]
+        _run_local(trained, config, results_dir, jobs, done)
+        if len(trained) < len(group):
+            stopped = ", ".join(cell.name for cell, summary in zip(group, summaries) if summary is None)
+            raise RuntimeError(f"cells {stopped}: training stopped before the end (interrupted, or a non-finite "
+                               f"loss; see above)")
 
 
 def run_grid(config: BenchmarkConfig, results_dir: pathlib.Path, backend: str = "local", jobs: int = 1,

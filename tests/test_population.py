@@ -9,6 +9,7 @@ relative (absolute below 1e-3) and the final evaluation to 1e-4 relative.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 
@@ -20,6 +21,7 @@ from agents.learner import PPOLearner
 from agents.networks import StackedMLP, stack_members
 from agents.population_run import check_population, train_population
 from agents.run import load_policy, train
+from robustness.runner import cell_config
 
 SHORT = ["scenario=routing", "size=small", "total_agent_steps=1500", "eval_every=2", "eval_episodes=4", "eval_envs=8",
          "checkpoint_every=2"]
@@ -126,17 +128,49 @@ def test_bad_populations_are_refused_in_one_line(configs, message):
     assert "\n" not in str(error.value)
 
 
-def test_population_backend_gives_the_local_backends_results(tmp_path, one_thread):
+def tiny_grid(**changes):
     from robustness.evaluate import AttackGrid
-    from robustness.runner import BenchmarkConfig, grid_cells, population_groups, run_grid
+    from robustness.runner import BenchmarkConfig
     grid = BenchmarkConfig(
         scenarios=("routing",), methods=("ppo", "aajr", "adv"), seeds=(0, 1), size="small",
         overrides=("total_agent_steps=480", "env.horizon=5", "ppo.num_envs=8", "ppo.rollout_steps=5", "eval_envs=4",
                    "reg.steps=2", "checkpoint_every=1"),
         attack=AttackGrid(attacks=("random", "system"), modes=("shared",), eps=(0.0, 0.2), steps=2, episodes=4,
                           restarts=1), diag_states=8, diag_steps=2)
+    return dataclasses.replace(grid, **changes)
+
+
+def test_population_groups_keep_squared_and_hinge_penalties_apart(tmp_path):
+    from robustness.runner import grid_cells, population_groups
+    grid = tiny_grid(methods=("aajr",), reg_budgets=(0.0, 0.1))
+    groups = population_groups(grid_cells(grid), grid, tmp_path)
+    assert sorted(sorted(cell.budget for cell in group) for group in groups) == [[0.0, 0.0], [0.1, 0.1]]
+    for group in groups:
+        check_population([cell_config(cell, grid) for cell in group])
+
+
+def test_population_backend_stops_the_grid_on_a_stopped_member(tmp_path, one_thread, monkeypatch):
+    from robustness.runner import run_grid
+    original = PPOLearner.update
+
+    def poisoned(self, batch):
+        if self.members > 1 and self.iteration == 1:
+            self.reg_coef = self.reg_coef.clone()
+            self.reg_coef[1] = math.nan
+        return original(self, batch)
+
+    monkeypatch.setattr(PPOLearner, "update", poisoned)
+    with pytest.raises(RuntimeError, match="routing-aajr-lam0.1-seed1: training stopped"):
+        run_grid(tiny_grid(methods=("aajr",)), tmp_path, backend="population")
+    assert (tmp_path / "cells" / "routing-aajr-lam0.1-seed0.json").exists()
+    assert not (tmp_path / "cells" / "routing-aajr-lam0.1-seed1.json").exists()
+
+
+def test_population_backend_gives_the_local_backends_results(tmp_path, one_thread):
+    from robustness.runner import grid_cells, population_groups, run_grid
+    grid = tiny_grid()
     groups = population_groups(grid_cells(grid), grid, tmp_path / "population")
-    assert sorted(len(group) for group in groups) == [1, 1, 2, 2]  # ppo and aajr in pairs; adv alone
+    assert [[cell.method for cell in group] for group in groups] == [["ppo"] * 2, ["aajr"] * 2, ["adv"] * 2]
     run_grid(grid, tmp_path / "local", backend="local")
     run_grid(grid, tmp_path / "population", backend="population")
     local = (tmp_path / "local" / "evaluations.csv").read_text().splitlines()
