@@ -22,7 +22,6 @@ reported, stopped (its files stay at its last checkpoint, no summary) and the ot
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import pathlib
 import sys
@@ -32,14 +31,13 @@ from typing import Any
 import torch
 
 from agents.config import ConfigError, TrainConfig, config_errors, to_dict
-from agents.evaluate import summarise
 from agents.learner import PPOLearner
 from agents.policy import make_policy
 from agents.population import member_metrics
 from agents.progress import progress_bar
 from agents.run import (CHECKPOINT, SUMMARY, MetricsLog, PeriodicEvaluation, StopRequest, atomic_write, check_device,
                         check_new_run_dir, check_tracking, create_run, load_checkpoint, read_metrics, read_summary,
-                        restore, start_tracking, train, write_learning_curve)
+                        restore, start_tracking, train, write_summary)
 from envs.vector import TorchVectorEnv
 from regularizers import METHODS, make_regularizer
 
@@ -274,13 +272,7 @@ def train_population(configs: list[TrainConfig], run_dirs: list[pathlib.Path | s
         if learner.stopped[member] or learner.iteration < learner.total_iterations:
             summaries.append(None)
             continue
-        summary = summarise(member_view(learner, config, member), config)
-        summary["final_training"] = {key: value for key, value in metrics[member].items()
-                                     if key.startswith("charts/") and key != "charts/SPS"}
-        summary["learning_curve"] = write_learning_curve(run_dir)
-        text = json.dumps(summary, indent=2)
-        atomic_write(run_dir / SUMMARY, lambda tmp, text=text: tmp.write_text(text))
-        summaries.append(summary)
+        summaries.append(write_summary(member_view(learner, config, member), config, run_dir, metrics[member]))
     if learner.iteration < learner.total_iterations and not bool(learner.stopped.all()):
         print(f"population stopped at iteration {learner.iteration}/{learner.total_iterations}; continue with "
               f"train_population(..., resume=True)")

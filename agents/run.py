@@ -422,6 +422,12 @@ def train(config: TrainConfig, run_dir: pathlib.Path | str, resume: bool = False
         print(f"stopped at iteration {learner.iteration}/{learner.total_iterations}; "
               f"continue with: python train.py --resume {run_dir}")
         return None
+    return write_summary(learner, config, run_dir, metrics)
+
+
+def write_summary(learner, config: TrainConfig, run_dir: pathlib.Path, metrics: dict[str, float]) -> dict[str, Any]:
+    """The finished run's ``summary.json`` (``summarise`` of ``learner``, anything with its ``policy``, ``env``
+    and counters, plus the last iteration's ``metrics``) and ``learning_curve.png``; returns the summary."""
     summary = summarise(learner, config)
     summary["final_training"] = {key: value for key, value in metrics.items()
                                  if key.startswith("charts/") and key != "charts/SPS"}  # the numbers that repeat
