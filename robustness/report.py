@@ -20,6 +20,10 @@ runner) and writes into ``RESULTS_DIR/report/``:
   worst-case robustness (``robustness.pareto``: each method's front over its settings, per seed; IQM
   [CI] over seeds), and Corollary 1's paired nominal difference AAJR - spectral at equal hinge budgets;
 * ``diagnostics.md/.csv``: IQM [CI] of every theory diagnostic per scenario x setting;
+* ``step_sizes.md/.csv`` (when ``step_sizes.csv`` exists; Theorems 2-3): per scenario, setting and step
+  size ``eta = c / median L_eff``, the non-monotone PGA step rate (IQM [CI] over seeds), and per method
+  the rate pooled over its settings, seeds and c in each bin of ``eta * L_seg`` (steps counted);
+  ``step_sizes_<scenario>.png`` draws both;
 * ``improvement.md/.csv``: under the headline attack, on the normalised score (``ratio_to_reference``
   where higher is better, ``2 - ratio`` for a cost ratio; 1 = the scenario's reference): per scenario and
   eps, rliable's probability of improvement P(aajr > G) and the paired per-seed win rate against every
@@ -61,7 +65,7 @@ from scipy.stats import trim_mean
 
 from regularizers import METHODS
 from robustness import MissingResultsError, ReportError
-from robustness.diagnostics import GAMMAS
+from robustness.diagnostics import ETA_L_BINS, GAMMAS
 from robustness.pareto import matched_por_difference, pareto_front
 from robustness.stats import (BOOTSTRAP_SEED, CONFIDENCE, REPS, Estimate, aggregate, describe, differences_to_baseline,
                               iqm_ci, iqm_cis, performance_profiles, probability_of_improvement)
@@ -70,6 +74,10 @@ CELL = ("scenario", "method", "reg_coef", "budget", "seed")
 EVAL_KEYS = (*CELL, "attack", "mode", "eps")
 EVAL_VALUES = ("return_per_agent", "system_loss", "ratio_to_reference", "ratio_higher_is_better", "budget_use",
                "worst_attack")
+STEP_BINS = tuple(f"etaL_{low:g}_{high:g}" for low, high in ETA_L_BINS)
+STEP_KEYS = (*CELL, "eta_factor")
+STEP_VALUES = ("steps", "nonmonotone_rate", *(f"{prefix}_{name}" for name in STEP_BINS
+                                              for prefix in ("steps", "nonmonotone_rate")))
 DIAGNOSTICS = ("jvp_norm_mean", "global_norm_mean", "global_norm_all_mean",
                *(f"frac_directional_only@{gamma:g}" for gamma in GAMMAS), "direction_participation_ratio",
                "curvature_min", "curvature_max", "l_eff_median", "nonmonotone_rate", "eval_states")
@@ -88,9 +96,11 @@ DIAGNOSTIC_KEYS = ("scenario", "method", "reg_coef", "budget")
 ALL = "all"  # the scenario key of statistics over every scenario (scenarios as tasks)
 
 
-def read_table(path: pathlib.Path, keys: Sequence[str], values: Sequence[str]) -> list[dict[str, Any]]:
-    """The rows of a results CSV as dicts; a missing column, a missing/NaN/non-numeric value or a
-    duplicated cell is an error naming it. Other columns are ignored."""
+def read_table(path: pathlib.Path, keys: Sequence[str], values: Sequence[str],
+               nan_ok: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """The rows of a results CSV as dicts; a missing column, a missing/NaN/non-numeric value (NaN is
+    allowed in the columns ``nan_ok``: a rate over zero steps) or a duplicated cell is an error naming
+    it. Other columns are ignored."""
     if not path.is_file():
         raise MissingResultsError(f"{path} not found")
     raw = pd.read_csv(path, dtype=str, keep_default_na=False)  # attack "none" stays a string
@@ -108,6 +118,8 @@ def read_table(path: pathlib.Path, keys: Sequence[str], values: Sequence[str]) -
             continue
         frame[column] = pd.to_numeric(raw[column].str.strip(), errors="coerce")
         bad = frame[column].isna().to_numpy()
+        if column in nan_ok:
+            bad &= ~raw[column].str.strip().str.lower().isin(("nan", "")).to_numpy()
         if bad.any():
             row = int(bad.argmax())
             raise ReportError(f"{path.name}: column {column!r} is missing, NaN or not a number "
@@ -360,6 +372,73 @@ def diagnostics_tables(diags: list[dict[str, Any]], labels: Labels, reps: int) -
                 for cell in labels.cells[scenario]]
         markdown.append(f"## {scenario}\n\n" + markdown_table(["method", *DIAGNOSTICS], body))
     return "".join(markdown), csv_rows
+
+
+def step_size_tables(steps: list[dict[str, Any]], labels: Labels,
+                     reps: int) -> tuple[str, list[dict], dict[tuple, Estimate], dict[tuple, tuple[int, int]]]:
+    """Markdown and CSV rows of the step-size sweep (Theorems 2-3): the non-monotone step rate per
+    scenario x setting x eta factor c (IQM [CI] over seeds), and per scenario x method x bin of
+    ``eta * L_seg`` the pooled rate (non-monotone steps / steps over settings, seeds and c); the
+    estimates and the pooled ``(non-monotone, steps)`` counts for the figure."""
+    keys = (*DIAGNOSTIC_KEYS, "eta_factor")
+    rates = aggregate(steps, "nonmonotone_rate", keys, reps)
+    pooled: dict[tuple, tuple[int, int]] = {}
+    for row in steps:
+        for name in STEP_BINS:
+            count = int(row[f"steps_{name}"])
+            bad = round(row[f"nonmonotone_rate_{name}"] * count) if count else 0
+            key = (row["scenario"], row["method"], name)
+            old_bad, old_count = pooled.get(key, (0, 0))
+            pooled[key] = (old_bad + bad, old_count + count)
+    csv_rows = estimate_rows(rates, keys, "nonmonotone_rate")
+    csv_rows += [{"scenario": scenario, "method": method, "eta_l_bin": name, "quantity": "pooled_nonmonotone_rate",
+                  "nonmonotone_steps": bad, "steps": count, "rate": bad / count if count else float("nan")}
+                 for (scenario, method, name), (bad, count) in pooled.items()]
+    markdown = [("PGA on each policy's system loss g (K = 5 from the same states as the diagnostics) rerun with "
+                 "eta = c / median L_eff; a step is non-monotone when it lowers g. Theorem 3: a projected "
+                 "gradient step with eta * L_seg <= 2 (L_seg: the largest |v^T Hess g v| sampled on the step's "
+                 "own segment) ascends, so the bins (0, 1] and (1, 2] should show no non-monotone step.\n\n")]
+    factors = sorted({row["eta_factor"] for row in steps})
+    bins = [f"({low:g}, {high:g}]" for low, high in ETA_L_BINS]
+    for scenario in unique(row["scenario"] for row in steps):
+        body = [[labels(scenario, *cell)] + [fmt(rates.get((scenario, *cell, c))) for c in factors]
+                for cell in labels.cells[scenario] if any((scenario, *cell, c) in rates for c in factors)]
+        markdown.append(f"## {scenario}: non-monotone step rate by c = eta * median L_eff\n\n"
+                        + markdown_table(["method", *(f"c = {c:g}" for c in factors)], body))
+        body = []
+        for method in labels.methods(scenario):
+            counts = [pooled.get((scenario, method, name)) for name in STEP_BINS]
+            if any(counts):
+                body.append([method] + [f"{bad / count:.3g} ({bad} of {count})" if count else "– (0 steps)"
+                                        for bad, count in (c or (0, 0) for c in counts)])
+        markdown.append(f"## {scenario}: non-monotone step rate by eta * L_seg (pooled over settings, seeds, c)\n\n"
+                        + markdown_table(["method", *(f"eta L_seg in {b}" for b in bins)], body))
+    return "".join(markdown), csv_rows, rates, pooled
+
+
+def step_size_figure(rates: dict[tuple, Estimate], pooled: dict[tuple, tuple[int, int]], labels: Labels,
+                     scenario: str) -> Figure:
+    fig = Figure(figsize=(10, 4))
+    left, right = fig.subplots(1, 2)
+    for index, cell in enumerate(labels.cells[scenario]):
+        points = sorted((key[-1], e) for key, e in rates.items() if key[:-1] == (scenario, *cell))
+        if points:
+            left.plot([c for c, _ in points], [e.iqm for _, e in points], marker="o",
+                      label=labels(scenario, *cell), **style(index))
+    left.set(xscale="log", xlabel="c = eta * median L_eff", ylabel="non-monotone step rate (IQM over seeds)",
+             title=f"{scenario}: PGA step-size sweep")
+    left.legend(fontsize="x-small")
+    bins = [f"({low:g}, {high:g}]" for low, high in ETA_L_BINS]
+    for index, method in enumerate(labels.methods(scenario)):
+        counts = [pooled.get((scenario, method, name), (0, 0)) for name in STEP_BINS]
+        if any(count for _, count in counts):
+            right.plot(bins, [bad / count if count else np.nan for bad, count in counts], marker="o", label=method,
+                       color=style(index)["color"])
+    right.axvline(1.5, color="grey", linestyle="--", linewidth=1)
+    right.set(xlabel="eta * L_seg (bin)", ylabel="non-monotone step rate (pooled)",
+              title="Theorem 3: ascent guaranteed left of the dashed line")
+    right.legend(fontsize="small")
+    return fig
 
 
 def save_figure(fig: Figure, path: pathlib.Path, title: str, provenance: Provenance) -> pathlib.Path:
@@ -745,8 +824,19 @@ def write_report(results_dir: str | pathlib.Path, reps: int = REPS, attack: str 
     table("diagnostics", "Theory diagnostics", markdown, csv_rows)
     for scenario in unique(row["scenario"] for row in diags):
         figure(scenario, amplification_figure(diags, labels, scenario), f"amplification_{scenario}.png",
-               f"{scenario}: directional amplification ||J u|| along PGA trajectories vs global ||J||_2 at the "
-               "same states, one point per trained policy (cell), colored by method; dashed: y = x.")
+               f"{scenario}: directional amplification ||J u|| along PGA trajectories vs the global ||J P||_2 over "
+               "the shock channels at the same states, one point per trained policy (cell), colored by setting; "
+               "dashed: y = x.")
+    if (results_dir / "step_sizes.csv").is_file():
+        steps = read_table(results_dir / "step_sizes.csv", STEP_KEYS, STEP_VALUES,
+                           nan_ok=[f"nonmonotone_rate_{name}" for name in STEP_BINS])
+        markdown, csv_rows, rates, pooled = step_size_tables(steps, labels, reps)
+        table("step_sizes", "PGA step sizes and ascent (Theorems 2-3)", markdown, csv_rows)
+        for scenario in unique(row["scenario"] for row in steps):
+            figure(scenario, step_size_figure(rates, pooled, labels, scenario), f"step_sizes_{scenario}.png",
+                   f"{scenario}: left, the rate of PGA steps that lower the system loss against the step size "
+                   "c = eta * median L_eff, one line per setting (IQM over seeds); right, the rate per bin of "
+                   "eta * L_seg pooled per method (dashed: eta * L_seg = 2).")
     markdown, csv_rows, data = improvement_tables(evals, labels, attack, mode, reps)
     table("improvement", "Probability of improvement and aggregate over scenarios", markdown, csv_rows)
     if data["improvement"]:
@@ -781,8 +871,11 @@ def write_index(out: pathlib.Path, provenance: Provenance, figures: list[tuple[s
                         ("price_of_robustness", "Price of Robustness: nominal return lost vs robust return gained"),
                         ("tradeoff", "ΔPoR at matched robustness (AAJR against each global method), Corollary 1"),
                         ("diagnostics", "Theory diagnostics: amplification, budget, curvature, PGA stability"),
+                        ("step_sizes", "PGA step-size sweep: non-monotone steps against eta * L_eff (Theorems 2-3)"),
                         ("improvement", f"Probability of improvement of {FOCUS} over each method (per scenario and "
                                         "over scenarios) and the IQM of the normalised score over scenarios")):
+        if not (out / f"{name}.md").is_file():
+            continue
         lines.append(f"- [{title}]({name}.md) ([CSV]({name}.csv), provenance: "
                      f"[{name}.provenance.json]({name}.provenance.json))\n")
     lines.append("\nCSV tables are long: key columns, then quantity, iqm, ci_low, ci_high, n (seeds); each has a "

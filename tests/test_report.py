@@ -449,3 +449,56 @@ def test_learning_curves_read_the_run_directories(tmp_path, eval_column):
     labels = report.Labels(report.read_table(results / "evaluations.csv", report.EVAL_KEYS, report.EVAL_VALUES))
     fig = report.learning_curve_figure(curves, labels, "routing", column)
     assert len(fig.axes[0].lines) == len(CELLS)
+
+
+def step_rows(bins_nan: bool = True):
+    """Per cell and c: 10 steps with eta*L_seg <= 1 (none non-monotone), 0 in (1, 2], and in (2, inf] 4
+    steps of which c * (seed + 1) / 8 * 4 are non-monotone (0 steps: NaN rate, as the runner writes it)."""
+    rows = []
+    for scenario in SCENARIOS:
+        for method, coef in CELLS:
+            for seed in SEEDS:
+                for c in (1.0, 2.0):
+                    bad = int(c * (seed + 1) / 8 * 4)
+                    rows.append({"scenario": scenario, "method": method, "reg_coef": coef, "budget": 0.0,
+                                 "seed": seed, "eta_factor": c, "eta": c / 0.3, "steps": 14,
+                                 "nonmonotone_rate": bad / 14,
+                                 "steps_etaL_0_1": 10, "nonmonotone_rate_etaL_0_1": 0.0,
+                                 "steps_etaL_1_2": 0, "nonmonotone_rate_etaL_1_2": "nan" if bins_nan else 0.0,
+                                 "steps_etaL_2_inf": 4, "nonmonotone_rate_etaL_2_inf": bad / 4})
+    return rows
+
+
+def test_step_size_table_pools_counts_per_bin_and_rates_per_eta(tmp_path):
+    results = make_results(tmp_path)
+    write_csv(results / "step_sizes.csv", step_rows())
+    paths = report.write_report(results, reps=REPS)
+    assert results / "report" / "step_sizes.md" in paths and results / "report" / "step_sizes_routing.png" in paths
+    table = read(results / "report", "step_sizes")
+    rates = table[table.quantity == "nonmonotone_rate"]
+    row = rates[(rates.scenario == "routing") & (rates.method == "ppo") & (rates.eta_factor == 2.0)].iloc[0]
+    per_seed = [int(2.0 * (seed + 1) / 8 * 4) / 14 for seed in SEEDS]  # 1, 2, 3, 4 of 14
+    assert row.iqm == pytest.approx(trim_mean(per_seed, 0.25)) and row.n == len(SEEDS)
+    pooled = table[(table.quantity == "pooled_nonmonotone_rate") & (table.scenario == "commons")
+                   & (table.method == "aajr")].set_index("eta_l_bin")
+    bad = 2 * sum(int(c * (seed + 1) / 8 * 4) for c in (1.0, 2.0) for seed in SEEDS)  # two aajr settings
+    assert pooled.loc["etaL_2_inf", "nonmonotone_steps"] == bad
+    assert pooled.loc["etaL_2_inf", "steps"] == 2 * 2 * len(SEEDS) * 4
+    assert pooled.loc["etaL_0_1", "rate"] == 0 and pooled.loc["etaL_1_2", "steps"] == 0
+    assert np.isnan(pooled.loc["etaL_1_2", "rate"])
+    markdown = (results / "report" / "step_sizes.md").read_text()
+    assert f"{bad / 64:.3g} ({bad} of 64)" in markdown and "– (0 steps)" in markdown
+    assert "step_sizes.md" in (results / "report" / "index.md").read_text()
+
+
+def test_step_size_table_refuses_a_bad_rate_and_is_optional(tmp_path):
+    results = make_results(tmp_path)
+    rows = step_rows()
+    rows[3]["nonmonotone_rate_etaL_0_1"] = "oops"
+    write_csv(results / "step_sizes.csv", rows)
+    with pytest.raises(ValueError, match="step_sizes.csv: column 'nonmonotone_rate_etaL_0_1'.*'oops'"):
+        report.write_report(results, reps=REPS)
+    (results / "step_sizes.csv").unlink()
+    report.write_report(results, reps=REPS)
+    assert not (results / "report" / "step_sizes.md").exists()
+    assert "step_sizes.md" not in (results / "report" / "index.md").read_text()
