@@ -18,7 +18,9 @@ import statistics
 import sys
 import time
 
-TARGETS = {"routing": ("<=", 1.05), "commons": (">=", 0.90), "compute": (">=", 0.90)}
+from envs.core import SCENARIOS, meets_learning_target
+
+SCENARIO_NAMES = ("routing", "commons", "compute")
 
 
 def run_one(scenario: str, seed: int, out_dir: str, threads: int) -> dict:
@@ -40,7 +42,7 @@ def run_one(scenario: str, seed: int, out_dir: str, threads: int) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenarios", nargs="+", default=list(TARGETS), choices=list(TARGETS))
+    parser.add_argument("--scenarios", nargs="+", default=list(SCENARIO_NAMES), choices=SCENARIO_NAMES)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (each gets 2 // jobs threads)")
     parser.add_argument("--out", default="runs/bench-learning")
@@ -58,8 +60,8 @@ def main() -> int:
     for scenario in args.scenarios:
         summaries = [results[(scenario, seed)] for seed in args.seeds]
         ratios = [s["ratio_to_reference"] for s in summaries]
-        op, bound = TARGETS[scenario]
-        met = all(r <= bound if op == "<=" else r >= bound for r in ratios)
+        op, bound = SCENARIOS[scenario].learning_target
+        met = all(meets_learning_target(scenario, r) for r in ratios)
         collapsed = max(s["diagnostics"]["learned"].get("final/collapsed_fraction", 0.0) for s in summaries)
         met &= collapsed == 0.0
         all_met &= met

@@ -175,6 +175,7 @@ class Commons(Scenario):
     name = "commons"
     config_cls = CommonsConfig
     reference_names = ("msy", "mey", "open_access")
+    learning_target = (">=", 0.90)
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "small": {"n_agents": 2, "n_resources": 2, "horizon": 8},
         "default": {"n_agents": 4, "n_resources": 4, "horizon": 100},

@@ -351,6 +351,7 @@ class Compute(Scenario):
     name = "compute"
     config_cls = ComputeConfig
     reference_names = ("fluid_optimal", "proportional")
+    learning_target = (">=", 0.90)
     spike_features = ("peer_load",)
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "small": {"n_agents": 2, "n_servers": 2, "horizon": 8},

@@ -524,6 +524,7 @@ class Routing(Scenario):
     name = "routing"
     config_cls = RoutingConfig
     reference_names = OBJECTIVES
+    learning_target = ("<=", 1.05)
     spike_features = ("total_demand",)
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "small": {"n_agents": 2, "n_paths": 2, "horizon": 8},

@@ -3,6 +3,8 @@
 Reads ``RESULTS_DIR/evaluations.csv``, ``diagnostics.csv`` and ``run.json`` (written by the grid
 runner) and writes into ``RESULTS_DIR/report/``:
 
+* ``learning.md/.csv``: per scenario and setting, the nominal ratio to the reference (no attack; IQM
+  [CI] and per seed) and how many seeds meet the scenario's learning target (``envs.core``);
 * ``robustness.md/.csv``: per scenario and (attack, mode), per setting (method, with its lambda and
   hinge budget gamma when it has several; ``budget`` 0 is the squared penalty) and eps: IQM [95% CI] over seeds of ``return_per_agent`` and
   ``ratio_to_reference``;
@@ -63,6 +65,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from scipy.stats import trim_mean
 
+from envs.core import SCENARIOS, meets_learning_target
 from regularizers import METHODS
 from robustness import MissingResultsError, ReportError
 from robustness.diagnostics import ETA_L_BINS, GAMMAS
@@ -441,6 +444,36 @@ def step_size_figure(rates: dict[tuple, Estimate], pooled: dict[tuple, tuple[int
     return fig
 
 
+def learning_tables(evals: list[dict[str, Any]], labels: Labels, reps: int) -> tuple[str, list[dict]]:
+    """Markdown and CSV rows of the nominal ratio to the scenario's reference (no attack) per scenario x
+    setting: IQM [CI] over seeds, each seed's ratio, and how many seeds meet the scenario's
+    ``learning_target`` (``envs.core``; a scenario without one shows "–")."""
+    nominal = [row for row in evals if row["attack"] == "none"]
+    estimates = aggregate(nominal, "ratio_to_reference", DIAGNOSTIC_KEYS, reps)
+    csv_rows, markdown = [], []
+    for scenario in unique(row["scenario"] for row in nominal):
+        target = getattr(SCENARIOS.get(scenario), "learning_target", None)
+        body = []
+        for cell in labels.cells[scenario]:
+            ratios = {row["seed"]: row["ratio_to_reference"] for row in nominal
+                      if (row["scenario"], row["method"], row["reg_coef"], row["budget"]) == (scenario, *cell)}
+            if not ratios:
+                continue
+            met = sum(meets_learning_target(scenario, r) for r in ratios.values()) if target else None
+            body.append([labels(scenario, *cell), fmt(estimates.get((scenario, *cell))),
+                         " ".join(f"{ratios[seed]:.4f}" for seed in sorted(ratios)),
+                         "–" if met is None else f"{met} of {len(ratios)}"])
+            csv_rows += [{"scenario": scenario, "method": cell[0], "reg_coef": cell[1], "budget": cell[2],
+                          "seed": seed, "ratio_to_reference": ratio,
+                          "target": "" if target is None else f"{target[0]} {target[1]:g}",
+                          "meets_target": "" if target is None else meets_learning_target(scenario, ratio)}
+                         for seed, ratio in sorted(ratios.items())]
+        title = ratio_note(evals, scenario) + (f"; learning target {target[0]} {target[1]:g}" if target else "")
+        markdown.append(f"## {scenario} ({title})\n\n" + markdown_table(
+            ["method", "nominal ratio to reference", "per seed", "seeds meeting the target"], body))
+    return "".join(markdown), csv_rows
+
+
 def save_figure(fig: Figure, path: pathlib.Path, title: str, provenance: Provenance) -> pathlib.Path:
     """PNG (Agg renderer) with the provenance in its metadata."""
     fig.savefig(path, dpi=120, bbox_inches="tight", metadata=provenance.png_metadata(title))
@@ -801,6 +834,8 @@ def write_report(results_dir: str | pathlib.Path, reps: int = REPS, attack: str 
         written.append(save_figure(fig, out / name, caption, provenance))
         figures.append((scenario, out / name, caption))
 
+    markdown, csv_rows = learning_tables(evals, labels, reps)
+    table("learning", "Learning quality: nominal ratio to the reference and the learning target", markdown, csv_rows)
     markdown, csv_rows, returns = robustness_tables(evals, labels, reps)
     table("robustness", "Robustness under attacks", markdown, csv_rows)
     for scenario, attack_, mode_ in unique(key[:3] for key in returns):
@@ -866,7 +901,8 @@ def write_index(out: pathlib.Path, provenance: Provenance, figures: list[tuple[s
                 notes: Sequence[str] = ()) -> pathlib.Path:
     """``index.md``: links to the tables, the figures with their captions, the provenance."""
     lines = ["# Robustness benchmark report\n\n## Tables\n\n"]
-    for name, title in (("robustness", "Robustness: return and ratio to reference vs ε per attack and method"),
+    for name, title in (("learning", "Learning quality: nominal ratio to the reference, seeds meeting the learning target"),
+                        ("robustness", "Robustness: return and ratio to reference vs ε per attack and method"),
                         ("attacks", "Attacks: budget use, the worst attack per seed, gradient-masking warnings"),
                         ("price_of_robustness", "Price of Robustness: nominal return lost vs robust return gained"),
                         ("tradeoff", "ΔPoR at matched robustness (AAJR against each global method), Corollary 1"),

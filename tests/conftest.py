@@ -1,7 +1,16 @@
-"""Fixtures shared by test files."""
+"""Fixtures shared by test files, and the Hypothesis profile: property tests draw the same examples on
+every run (``derandomize``), so a passing suite passes again on a clean clone; set
+``HYPOTHESIS_PROFILE=explore`` to draw fresh examples when hunting for counterexamples."""
+
+import os
 
 import pytest
 import torch
+from hypothesis import settings
+
+settings.register_profile("deterministic", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
 
 
 @pytest.fixture

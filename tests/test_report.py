@@ -163,15 +163,15 @@ def test_differences_to_baseline_are_paired_and_checked():
 def test_every_file_is_written(written):
     out, paths = written
     names = {path.name for path in paths}
-    for table in ("robustness", "attacks", "price_of_robustness", "tradeoff", "diagnostics"):
+    for table in ("learning", "robustness", "attacks", "price_of_robustness", "tradeoff", "diagnostics"):
         assert {f"{table}.md", f"{table}.csv", f"{table}.provenance.json"} <= names
     for scenario in SCENARIOS:
         assert {f"pareto_{scenario}.png", f"amplification_{scenario}.png"} <= names
         assert {f"robustness_{scenario}_{a}_{m}.png" for a, m in ATTACKS + WORST} <= names
     assert "index.md" in names
     assert all(path.is_file() and path.parent == out for path in paths)
-    # 6 tables x (md, csv, sidecar), per scenario its figures, improvement.png, performance_profiles.png, index
-    assert len(names) == len(paths) == 6 * 3 + 2 * (2 + len(ATTACKS + WORST)) + 2 + 1
+    # 7 tables x (md, csv, sidecar), per scenario its figures, improvement.png, performance_profiles.png, index
+    assert len(names) == len(paths) == 7 * 3 + 2 * (2 + len(ATTACKS + WORST)) + 2 + 1
 
 
 def test_eps_zero_column_equals_the_nominal_values(written):
@@ -502,3 +502,18 @@ def test_step_size_table_refuses_a_bad_rate_and_is_optional(tmp_path):
     report.write_report(results, reps=REPS)
     assert not (results / "report" / "step_sizes.md").exists()
     assert "step_sizes.md" not in (results / "report" / "index.md").read_text()
+
+
+def test_learning_table_counts_the_seeds_meeting_each_scenarios_target(written):
+    """Nominal ratios are return / 30: routing (cost, target <= 1.05) meets it everywhere; commons
+    (welfare, >= 0.90) only where the return reaches 27: seed 3 of ppo (20 + 7.5) and adv (20 + 7.5 - 0.5)."""
+    out, _ = written
+    table = read(out, "learning")
+    for (scenario, method, coef), group in table.groupby(["scenario", "method", "reg_coef"]):
+        expected = [nominal(scenario, method, coef, seed) / 30 >= 0.9 if scenario == "commons" else True
+                    for seed in group.seed]
+        assert list(group.meets_target) == expected
+    assert ((table.scenario == "commons") & table.meets_target).sum() == 2
+    markdown = (out / "learning.md").read_text()
+    assert "learning target <= 1.05" in markdown and "learning target >= 0.9" in markdown
+    assert "| ppo | " in markdown and "1 of 4 |" in markdown and "0 of 4 |" in markdown

@@ -153,7 +153,9 @@ def test_exact_parallel_solver_agrees_with_frank_wolfe(links, latency, demand, d
     total = tensor([demand])
     exact = parallel_links_equilibrium(network, total, capacity_factor, objective)
     iterated = frank_wolfe(network, total, capacity_factor, objective, tol=1e-9)
-    assert float(relative_gap(network, exact, capacity_factor, objective)) <= 1e-12
+    # exact to float64 resolution: a link just above its threshold (flow ~ (lambda - a)^(1/p), p = 4) turns
+    # the last bit of lambda into a relative gap of up to ~1e-11 (links=6, bpr, demand 0.35, link 0 halved)
+    assert float(relative_gap(network, exact, capacity_factor, objective)) <= 1e-10
     assert float(relative_gap(network, iterated, capacity_factor, objective)) <= 1e-9
     torch.testing.assert_close(exact.sum(-1), total, rtol=1e-12, atol=0)
     torch.testing.assert_close(exact, iterated, rtol=0, atol=1e-3 * demand)
