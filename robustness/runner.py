@@ -124,6 +124,14 @@ PRESETS: dict[str, BenchmarkConfig] = {
         reg_coefs=(1.0,), reg_budgets=(0.1, 0.3, 1.0, 3.0), size="default",
         overrides=("ppo.update_epochs=4", "env.n_agents=8", "env.n_paths=16", "total_agent_steps=4000000"),
         attack=AttackGrid(modes=("shared",), eps=(0.0, 0.1, 0.2), episodes=64)),
+    # the third stage: the other robust methods (SA-PPO smoothness, adversarial training, AAJR on shocked
+    # rollouts) at one hinge budget each, with plain PPO and AAJR at the same budget for reference; the
+    # smoothness penalty ||pi(s + delta*) - pi(s)|| / eps is ||J u|| to first order, so gamma = 0.3
+    # bounds the same quantity for aajr, smooth and aajr+adv
+    "corollary-others": BenchmarkConfig(
+        scenarios=("routing", "compute"), methods=("ppo", "aajr", "smooth", "adv", "aajr+adv"),
+        seeds=(0, 1, 2, 3, 4), reg_coefs=(1.0,), reg_budgets=(0.3,), size="default",
+        overrides=("ppo.update_epochs=4",), attack=AttackGrid(modes=("shared",), eps=(0.0, 0.1, 0.2), episodes=64)),
 }
 
 
