@@ -390,6 +390,17 @@ def test_ppo_kwargs_follow_the_native_config():
     assert kwargs["clip_range_vf"] is None and kwargs["vf_coef"] == pytest.approx(0.2)
 
 
+@pytest.mark.parametrize("field, value, message", [("learning_rate", -1e-3, "learning_rate must lie in"),
+                                                   ("num_minibatches", 0, "num_minibatches must be"),
+                                                   ("gamma", 1.5, "gamma must lie in")])
+def test_ppo_kwargs_refuse_a_bad_config_in_one_line(field, value, message):
+    with pytest.raises(ValueError, match=message) as error:
+        ppo_kwargs(dataclasses.replace(SMALL, **{field: value}), n_agents=4)
+    assert "\n" not in str(error.value)
+    with pytest.raises(ValueError, match="n_agents must be a positive integer, got 0"):
+        ppo_kwargs(SMALL, n_agents=0)
+
+
 @pytest.mark.slow
 def test_the_readme_example_runs(tmp_path):
     """examples/sb3_routing.py (the README's example) end to end on a small budget, saving the models."""

@@ -18,7 +18,7 @@ from agents.ppo import PPOConfig
 from agents.sb3.envs import shared_env
 from agents.sb3.policy import SB3Policy
 from envs.batch import Batch
-from envs.core import check_choice, check_real, config_from_kwargs, make_generator
+from envs.core import check_choice, check_positive_int, check_real, config_from_kwargs, make_generator
 from regularizers import METHODS, make_regularizer, regularizer_names
 
 
@@ -29,8 +29,11 @@ def ppo_kwargs(cfg: PPOConfig, n_agents: int) -> dict[str, Any]:
     GAE, clip ranges, loss weights (SB3's value loss has no factor 1/2, so ``vf_coef`` is halved),
     gradient clip, tanh MLP sizes and initial log-std. What differs is SB3's own: one network shared
     by the agents without an agent id, no observation normalisation, a value loss on the clipped value
-    only (the native learner takes the max with the unclipped one).
+    only (the native learner takes the max with the unclipped one). A bad field of ``cfg`` or a
+    non-positive ``n_agents`` is a one-line ValueError.
     """
+    cfg.validate()
+    check_positive_int("n_agents", n_agents)
     batch = cfg.rollout_steps * cfg.num_envs * n_agents
     hidden = list(cfg.hidden)
     return {
