@@ -421,18 +421,25 @@ def step_size_tables(steps: list[dict[str, Any]], labels: Labels,
 
 def step_size_figure(rates: dict[tuple, Estimate], pooled: dict[tuple, tuple[int, int]], labels: Labels,
                      scenario: str) -> Figure:
-    fig = Figure(figsize=(10, 4))
+    fig = Figure(figsize=(10, 4), layout="constrained")
     left, right = fig.subplots(1, 2)
-    for index, cell in enumerate(labels.cells[scenario]):
-        points = sorted((key[-1], e) for key, e in rates.items() if key[:-1] == (scenario, *cell))
-        if points:
-            left.plot([c for c, _ in points], [e.iqm for _, e in points], marker="o",
-                      label=labels(scenario, *cell), **style(index))
+    methods = labels.methods(scenario)
+    factors = sorted({key[-1] for key in rates if key[0] == scenario})
+    for method_index, method in enumerate(methods):  # a color per method, a line style per setting
+        settings = [cell for cell in labels.cells[scenario] if cell[0] == method]
+        for setting_index, cell in enumerate(settings):
+            points = sorted((key[-1], e) for key, e in rates.items() if key[:-1] == (scenario, *cell))
+            if points:
+                left.plot([c for c, _ in points], [e.iqm for _, e in points], marker="o", markersize=3,
+                          label=labels(scenario, *cell), color=style(method_index)["color"],
+                          linestyle=("-", "--", ":", "-.")[setting_index % 4])
     left.set(xscale="log", xlabel="c = eta * median L_eff", ylabel="non-monotone step rate (IQM over seeds)",
              title=f"{scenario}: PGA step-size sweep")
+    left.set_xticks(factors, [f"{c:g}" for c in factors])
+    left.minorticks_off()
     left.legend(fontsize="x-small")
     bins = [f"({low:g}, {high:g}]" for low, high in ETA_L_BINS]
-    for index, method in enumerate(labels.methods(scenario)):
+    for index, method in enumerate(methods):
         counts = [pooled.get((scenario, method, name), (0, 0)) for name in STEP_BINS]
         if any(count for _, count in counts):
             right.plot(bins, [bad / count if count else np.nan for bad, count in counts], marker="o", label=method,
@@ -575,7 +582,7 @@ def tradeoff_tables(evals: list[dict[str, Any]], labels: Labels, attack: str, mo
 def tradeoff_figure(points: dict[tuple, dict[tuple, tuple]], price: dict, labels: Labels, scenario: str,
                     attack: str) -> Figure:
     """Per eps > 0, nominal against robust return: per-seed points (``setting_points``), and per method a
-    line through its settings' IQMs (sorted by nominal return)."""
+    line through its settings' IQMs (sorted by nominal return), each labelled with its lambda / gamma."""
     grid = sorted(unique(key[1] for key in points if key[0] == scenario))
     fig = Figure(figsize=(4.5 * len(grid), 4), layout="constrained")
     for column, eps in enumerate(grid):
@@ -588,11 +595,15 @@ def tradeoff_figure(points: dict[tuple, dict[tuple, tuple]], price: dict, labels
             color = style(index)["color"]
             ax.scatter([n for _, n in seeds], [r for r, _ in seeds], s=10, alpha=0.35, color=color)
             line = sorted((price["nominal_return"][(scenario, m, c, b, 0.0)].iqm,
-                           price["robust_return"][(scenario, m, c, b, eps)].iqm)
+                           price["robust_return"][(scenario, m, c, b, eps)].iqm,
+                           labels(scenario, m, c, b)[len(m):].strip())
                           for m, c, b in labels.cells[scenario] if m == method
                           and (scenario, m, c, b, eps) in price["robust_return"]
                           and (scenario, m, c, b, 0.0) in price["nominal_return"])
-            ax.plot([x for x, _ in line], [y for _, y in line], marker="o", label=method, **style(index))
+            ax.plot([x for x, _, _ in line], [y for _, y, _ in line], marker="o", label=method, **style(index))
+            for x, y, setting in line:  # which lambda / gamma each IQM point is
+                if setting:
+                    ax.annotate(setting, (x, y), xytext=(3, 3), textcoords="offset points", fontsize=6, color=color)
         ax.set(xlabel="nominal return per agent (ε=0)", ylabel=f"robust return per agent (ε={eps:g})",
                title=f"{scenario}: ε={eps:g}, {attack} attack")
         ax.legend(fontsize="small")
