@@ -9,6 +9,7 @@ scenario's reference optimum (``agents.evaluate.TARGET_REFERENCE``) on the same 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from typing import Any, Callable
@@ -20,6 +21,7 @@ from envs.core import check_choice, check_positive_int, check_real
 from envs.shock_wrapper import ATTACKS, ShockConfig, ShockedVectorEnv
 from envs.shocks import MODES, NORMS
 from envs.vector import TorchVectorEnv, evaluate_policy, run_episode
+from regularizers.jvp import frozen_parameters
 
 DEFAULT_EPS = (0.0, 0.05, 0.1, 0.2, 0.3)
 EVAL_SEED = 20_000  # evaluation episodes never reuse training seeds
@@ -138,6 +140,10 @@ def evaluate_under_attacks(scenario, policy, grid: AttackGrid, seed: int = EVAL_
                 "ratio_to_reference": metrics["system_loss"] / reference,
                 "ratio_higher_is_better": int(reference < 0), "worst_attack": "-"}
 
+    # the attacks differentiate with respect to the observations only: no weight gradient (same numbers)
+    def frozen():
+        return frozen_parameters(policy) if isinstance(policy, torch.nn.Module) else contextlib.nullcontext()
+
     nominal = play(env, policy, None, seed)
     rows = [row("none", "-", 0.0, nominal)]
     for attack in grid.attacks:
@@ -146,7 +152,8 @@ def evaluate_under_attacks(scenario, policy, grid: AttackGrid, seed: int = EVAL_
             for eps in grid.eps:
                 if eps > 0 and grid.evaluates(attack, mode, eps):
                     adversary = adversary_for(mode, eps).shock if attack == "learned" else None
-                    metrics = play(env, policy, grid.shock(attack, mode, eps), seed, adversary)
+                    with frozen():
+                        metrics = play(env, policy, grid.shock(attack, mode, eps), seed, adversary)
                     rows.append(row(attack, mode, eps, metrics))
     return rows + worst_rows(rows)
 

@@ -159,3 +159,36 @@ def test_the_attack_command_attacks_a_trained_run_and_writes_its_rows(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error: unknown attack 'magic'")
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+class Delegate:
+    """The same policy, not an ``nn.Module``: evaluated without freezing its parameters."""
+
+    def __init__(self, policy):
+        self.deterministic_action, self.value = policy.deterministic_action, policy.value
+
+
+def test_the_evaluation_freezes_the_victims_weights_without_changing_a_number():
+    from agents.config import TrainConfig
+    from agents.policy import make_policy
+    from robustness.evaluate import AttackGrid, evaluate_under_attacks
+
+    torch.manual_seed(0)
+    scenario = envs.make_scenario("routing", **envs.SCENARIOS["routing"].presets["small"])
+    policy = make_policy(scenario, TrainConfig(scenario="routing").ppo)
+    grid = AttackGrid(attacks=("system", "value", "rollout"), modes=("shared", "per_agent"), eps=(0.2,), steps=3,
+                      episodes=8, horizon=2)
+    seen = []
+    original = type(policy).deterministic_action
+
+    def spy(self, obs):
+        seen.append(all(not parameter.requires_grad for parameter in self.parameters()))
+        return original(self, obs)
+
+    type(policy).deterministic_action = spy
+    try:
+        frozen = evaluate_under_attacks(scenario, policy, grid)
+    finally:
+        type(policy).deterministic_action = original
+    assert any(seen) and all(parameter.requires_grad for parameter in policy.parameters())  # restored
+    assert frozen == evaluate_under_attacks(scenario, Delegate(policy), grid)
