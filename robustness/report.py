@@ -70,6 +70,8 @@ from regularizers import METHODS
 from robustness import MissingResultsError, ReportError
 from robustness.diagnostics import ETA_L_BINS, GAMMAS
 from robustness.pareto import matched_por_difference, pareto_front
+from agents.config import ConfigError
+from robustness.runner import BenchmarkConfig, grid_cells
 from robustness.stats import (BOOTSTRAP_SEED, CONFIDENCE, REPS, Estimate, aggregate, describe, differences_to_baseline,
                               iqm_ci, iqm_cis, performance_profiles, probability_of_improvement)
 
@@ -742,8 +744,9 @@ def improvement_figure(improvement: dict, attack: str) -> Figure:
                 continue
             for shift, estimate, color, name in zip((-0.15, 0.15), improvement[(eps, other)], ("C0", "C1"),
                                                     ("P(X > Y), every pair of runs", "paired (per seed)")):
-                ax.errorbar(estimate.iqm, row + shift, xerr=[[estimate.iqm - estimate.lo], [estimate.hi - estimate.iqm]],
-                            fmt="o", color=color, capsize=3, label=name if row == 0 else None)
+                # a segment, not error bars: a percentile bootstrap CI of few seeds may exclude its point
+                ax.plot([estimate.lo, estimate.hi], [row + shift] * 2, color=color, marker="|", markersize=8)
+                ax.plot(estimate.iqm, row + shift, "o", color=color, label=name if row == 0 else None)
         ax.axvline(0.5, color="grey", linestyle="--", linewidth=1)
         ax.set(xlim=(-0.02, 1.02), yticks=range(len(others)), yticklabels=others if column == 0 else [],
                xlabel="probability", title=f"ε={eps:g}, {attack} attack")
@@ -895,7 +898,7 @@ def write_report(results_dir: str | pathlib.Path, reps: int = REPS, attack: str 
                f"All scenarios x seeds, {attack} attack ({mode} shock), one panel per ε: fraction of runs whose "
                "normalised score (1 = the scenario's reference) exceeds τ, with 95% CI bands; higher and further "
                "right is better.")
-    notes = []
+    notes = [completeness_note(results_dir, evals)]
     curves, column = learning_curves(results_dir)
     for scenario in unique(key[0] for key in curves):
         figure(scenario, learning_curve_figure(curves, labels, scenario, column), f"learning_curves_{scenario}.png",
@@ -906,6 +909,24 @@ def write_report(results_dir: str | pathlib.Path, reps: int = REPS, attack: str 
                      "keep only cells/ and the CSVs; rerun the grid to get them).")
     written.append(write_index(out, provenance, figures, notes))
     return written
+
+
+def completeness_note(results_dir: pathlib.Path, evals: list[dict[str, Any]]) -> str:
+    """How much of ``run.json``'s grid the results hold: cells done of the grid's, and the seeds with every
+    setting done (a grid runs seed by seed, so an unfinished grid holds its first seeds whole)."""
+    try:
+        cells = grid_cells(BenchmarkConfig.from_dict(json.loads((results_dir / "run.json").read_text())["config"]))
+    except (KeyError, ConfigError):
+        return "Completeness: run.json holds no grid to compare with."
+    done = {tuple(row[key] for key in CELL) for row in evals}
+    expected = {(c.scenario, c.method, c.reg_coef, c.budget, c.seed) for c in cells}
+    seeds = unique(c.seed for c in cells)
+    whole = [seed for seed in seeds if all(cell in done for cell in expected if cell[-1] == seed)]
+    started = [seed for seed in seeds if seed not in whole and any(cell[-1] == seed for cell in done & expected)]
+    state = "the whole grid" if len(done & expected) == len(expected) else "a partial grid, still running"
+    return (f"Completeness: {len(done & expected)} of the grid's {len(expected)} cells ({state}); seeds with every "
+            f"setting: {', '.join(map(str, whole)) or 'none'}" + (f"; begun: {', '.join(map(str, started))}"
+                                                                 if started else "") + ".")
 
 
 def write_index(out: pathlib.Path, provenance: Provenance, figures: list[tuple[str, pathlib.Path, str]],

@@ -97,6 +97,19 @@ class BenchmarkConfig:
         data = dataclasses.asdict(self)
         return json.loads(json.dumps(data))  # tuples as lists
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BenchmarkConfig:
+        """The grid ``to_dict`` wrote (``run.json``'s ``config``); ConfigError if it is not one."""
+        def tuples(value: Any) -> Any:
+            return tuple(tuples(item) for item in value) if isinstance(value, list) else value
+
+        try:
+            fields = {key: tuples(value) for key, value in data.items()}
+            fields["attack"] = AttackGrid(**{key: tuples(value) for key, value in data["attack"].items()})
+            return cls(**fields)
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise ConfigError(f"not a benchmark grid: {error}") from None
+
 
 PRESETS: dict[str, BenchmarkConfig] = {
     # minutes on a 2-core CPU: two scenarios, three methods, two seeds, the small configs, every attack of

@@ -517,3 +517,31 @@ def test_learning_table_counts_the_seeds_meeting_each_scenarios_target(written):
     markdown = (out / "learning.md").read_text()
     assert "learning target <= 1.05" in markdown and "learning target >= 0.9" in markdown
     assert "| ppo | " in markdown and "1 of 4 |" in markdown and "0 of 4 |" in markdown
+
+
+def test_improvement_figure_draws_an_interval_that_excludes_its_point():
+    """With two seeds a percentile bootstrap CI can miss its own point estimate (the corollary grid's
+    paired win rate did); the figure draws it as it is instead of failing on negative error bars."""
+    outside = stats.Estimate(1.0, 0.25, 0.75, 2)
+    fig = report.improvement_figure({(0.1, "spectral γ=0.1"): (stats.Estimate(0.5, 0.2, 0.8, 2), outside)}, "worst")
+    segments = [list(line.get_xdata()) for line in fig.axes[0].lines if line.get_marker() == "|"]
+    assert segments == [[0.2, 0.8], [0.25, 0.75]]
+
+
+def test_index_says_how_much_of_the_grid_the_results_hold(tmp_path):
+    from robustness.runner import BenchmarkConfig
+
+    grid = BenchmarkConfig(scenarios=("routing", "commons"), methods=("ppo", "aajr", "adv"), seeds=SEEDS,
+                           reg_coefs=(0.1, 1.0))
+    evals = [row for row in eval_rows() if (row["scenario"], row["method"], row["seed"]) != ("routing", "adv", 3)]
+    results = make_results(tmp_path, evals)
+    (results / "run.json").write_text(json.dumps({"command": COMMAND, "preset": "-", "config": grid.to_dict()}))
+    report.write_report(results, reps=REPS)
+    index = (results / "report" / "index.md").read_text()
+    assert ("Completeness: 31 of the grid's 32 cells (a partial grid, still running); seeds with every setting: "
+            "0, 1, 2; begun: 3.") in index
+    results = make_results(tmp_path)
+    (results / "run.json").write_text(json.dumps({"command": COMMAND, "preset": "-", "config": grid.to_dict()}))
+    report.write_report(results, reps=REPS)
+    assert "32 of the grid's 32 cells (the whole grid); seeds with every setting: 0, 1, 2, 3." in (
+        results / "report" / "index.md").read_text()
