@@ -616,17 +616,20 @@ def amplification_figure(diags: list[dict[str, Any]], labels: Labels, scenario: 
     fig = Figure(figsize=(5, 4))
     ax = fig.add_subplot()
     rows = [row for row in diags if row["scenario"] == scenario]
-    for index, cell in enumerate(labels.cells[scenario]):
-        cell_rows = [row for row in rows if (row["method"], row["reg_coef"], row["budget"]) == cell]
-        if cell_rows:
-            ax.scatter([row["global_norm_mean"] for row in cell_rows], [row["jvp_norm_mean"] for row in cell_rows],
-                       color=style(index)["color"], label=labels(scenario, *cell))
+    for method_index, method in enumerate(labels.methods(scenario)):  # a color per method, a marker per setting
+        settings = [cell for cell in labels.cells[scenario] if cell[0] == method]
+        for setting_index, cell in enumerate(settings):
+            cell_rows = [row for row in rows if (row["method"], row["reg_coef"], row["budget"]) == cell]
+            if cell_rows:
+                ax.scatter([row["global_norm_mean"] for row in cell_rows], [row["jvp_norm_mean"] for row in cell_rows],
+                           color=style(method_index)["color"], marker="osD^v<>"[setting_index % 7], s=20,
+                           label=labels(scenario, *cell))
     top = max(max(row["global_norm_mean"], row["jvp_norm_mean"]) for row in rows)
     ax.plot([0, top], [0, top], color="grey", linestyle="--", linewidth=1, label="y = x")
     ax.set(xlabel="global ||J P||_2 over the shock channels (mean over states)",
            ylabel="directional ||J u|| (mean along PGA)",
            title=f"{scenario}: amplification per cell")
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="x-small", ncol=2)
     return fig
 
 
