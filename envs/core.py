@@ -348,8 +348,9 @@ class Scenario(abc.ABC):
     name: ClassVar[str]
     config_cls: ClassVar[type[ScenarioConfig]]
     reference_names: ClassVar[tuple[str, ...]]
-    # The ratio to the first reference a trained policy should reach on the default config, ("<=", bound)
-    # for a cost ratio, (">=", bound) for a welfare ratio (the README's learning-quality check).
+    # The ratio to the scenario's target reference (``agents.evaluate.TARGET_REFERENCE``, else the first
+    # reference) a trained policy should reach on the default config: ("<=", bound) for a cost ratio,
+    # (">=", bound) for a welfare ratio (the README's learning-quality check).
     learning_target: ClassVar[tuple[str, float]]
     # Names of the observation features a "demand spike" shock pushes up (used by the shock module).
     spike_features: ClassVar[tuple[str, ...]] = ()
@@ -526,7 +527,7 @@ SCENARIOS: dict[str, type[Scenario]] = {}
 
 
 def meets_learning_target(scenario: str, ratio: float) -> bool:
-    """Whether a ratio to the scenario's first reference meets its ``learning_target``."""
+    """Whether a ratio to the scenario's target reference meets its ``learning_target``."""
     op, bound = SCENARIOS[scenario].learning_target
     return ratio <= bound if op == "<=" else ratio >= bound
 

@@ -379,14 +379,27 @@ def diagnostics_tables(diags: list[dict[str, Any]], labels: Labels, reps: int) -
     return "".join(markdown), csv_rows
 
 
-def step_size_tables(steps: list[dict[str, Any]], labels: Labels,
-                     reps: int) -> tuple[str, list[dict], dict[tuple, Estimate], dict[tuple, tuple[int, int]]]:
+def diag_steps(results_dir: pathlib.Path) -> str:
+    """K of the diagnostics' PGA as ``run.json`` records it ("K" when it does not)."""
+    config = json.loads((results_dir / "run.json").read_text()).get("config")
+    return str(config.get("diag_steps", "K")) if isinstance(config, dict) else "K"
+
+
+def step_size_tables(steps: list[dict[str, Any]], labels: Labels, reps: int, k: str = "K"
+                     ) -> tuple[str, list[dict], dict[tuple, Estimate], dict[tuple, tuple[int, int]]]:
     """Markdown and CSV rows of the step-size sweep (Theorems 2-3): the non-monotone step rate per
     scenario x setting x eta factor c (IQM [CI] over seeds), and per scenario x method x bin of
     ``eta * L_seg`` the pooled rate (non-monotone steps / steps over settings, seeds and c); the
     estimates and the pooled ``(non-monotone, steps)`` counts for the figure."""
     keys = (*DIAGNOSTIC_KEYS, "eta_factor")
-    rates = aggregate(steps, "nonmonotone_rate", keys, reps)
+    for row in steps:
+        for steps_column, rate_column in (("steps", "nonmonotone_rate"),
+                                          *((f"steps_{name}", f"nonmonotone_rate_{name}") for name in STEP_BINS)):
+            if np.isnan(row[rate_column]) != (row[steps_column] == 0):
+                raise ReportError(f"step_sizes.csv: {rate_column} is {row[rate_column]!r} with {steps_column} = "
+                                  f"{row[steps_column]:g} (NaN exactly when no step was counted) in "
+                                  f"{describe(STEP_KEYS, [row[key] for key in STEP_KEYS])}")
+    rates = aggregate([row for row in steps if row["steps"] > 0], "nonmonotone_rate", keys, reps)
     pooled: dict[tuple, tuple[int, int]] = {}
     for row in steps:
         for name in STEP_BINS:
@@ -399,12 +412,12 @@ def step_size_tables(steps: list[dict[str, Any]], labels: Labels,
     csv_rows += [{"scenario": scenario, "method": method, "eta_l_bin": name, "quantity": "pooled_nonmonotone_rate",
                   "nonmonotone_steps": bad, "steps": count, "rate": bad / count if count else float("nan")}
                  for (scenario, method, name), (bad, count) in pooled.items()]
-    markdown = [("PGA on each policy's system loss g (K = 5 from the same states as the diagnostics) rerun with "
+    markdown = [(f"PGA on each policy's system loss g (K = {k} from the same states as the diagnostics) rerun with "
                  "eta = c / median L_eff; a step is non-monotone when it lowers g. Theorem 3: a projected "
                  "gradient step with eta * L_seg <= 2 (L_seg: the largest |v^T Hess g v| sampled on the step's "
-                 "own segment) ascends, so the bins (0, 1] and (1, 2] should show no non-monotone step.\n\n")]
+                 "own segment) ascends, so the bins [0, 1] and (1, 2] should show no non-monotone step.\n\n")]
     factors = sorted({row["eta_factor"] for row in steps})
-    bins = [f"({low:g}, {high:g}]" for low, high in ETA_L_BINS]
+    bins = bin_labels()
     for scenario in unique(row["scenario"] for row in steps):
         body = [[labels(scenario, *cell)] + [fmt(rates.get((scenario, *cell, c))) for c in factors]
                 for cell in labels.cells[scenario] if any((scenario, *cell, c) in rates for c in factors)]
@@ -419,6 +432,11 @@ def step_size_tables(steps: list[dict[str, Any]], labels: Labels,
         markdown.append(f"## {scenario}: non-monotone step rate by eta * L_seg (pooled over settings, seeds, c)\n\n"
                         + markdown_table(["method", *(f"eta L_seg in {b}" for b in bins)], body))
     return "".join(markdown), csv_rows, rates, pooled
+
+
+def bin_labels() -> list[str]:
+    """``[0, 1]``, ``(1, 2]``, ``(2, inf]``: the bins of eta * L_seg (``ETA_L_BINS``; the first holds 0)."""
+    return [f"{'[' if low == 0 else '('}{low:g}, {high:g}]" for low, high in ETA_L_BINS]
 
 
 def step_size_figure(rates: dict[tuple, Estimate], pooled: dict[tuple, tuple[int, int]], labels: Labels,
@@ -440,7 +458,7 @@ def step_size_figure(rates: dict[tuple, Estimate], pooled: dict[tuple, tuple[int
     left.set_xticks(factors, [f"{c:g}" for c in factors])
     left.minorticks_off()
     left.legend(fontsize="x-small")
-    bins = [f"({low:g}, {high:g}]" for low, high in ETA_L_BINS]
+    bins = bin_labels()
     for index, method in enumerate(methods):
         counts = [pooled.get((scenario, method, name), (0, 0)) for name in STEP_BINS]
         if any(count for _, count in counts):
@@ -456,7 +474,8 @@ def step_size_figure(rates: dict[tuple, Estimate], pooled: dict[tuple, tuple[int
 def learning_tables(evals: list[dict[str, Any]], labels: Labels, reps: int) -> tuple[str, list[dict]]:
     """Markdown and CSV rows of the nominal ratio to the scenario's reference (no attack) per scenario x
     setting: IQM [CI] over seeds, each seed's ratio, and how many seeds meet the scenario's
-    ``learning_target`` (``envs.core``; a scenario without one shows "–")."""
+    ``learning_target`` (``envs.core``; a scenario without one shows "–"). The target is set for the
+    default config and checks the ratio only (``bench/learning.py`` also requires no collapse)."""
     nominal = [row for row in evals if row["attack"] == "none"]
     estimates = aggregate(nominal, "ratio_to_reference", DIAGNOSTIC_KEYS, reps)
     csv_rows, markdown = [], []
@@ -470,16 +489,17 @@ def learning_tables(evals: list[dict[str, Any]], labels: Labels, reps: int) -> t
                 continue
             met = sum(meets_learning_target(scenario, r) for r in ratios.values()) if target else None
             body.append([labels(scenario, *cell), fmt(estimates.get((scenario, *cell))),
-                         " ".join(f"{ratios[seed]:.4f}" for seed in sorted(ratios)),
+                         ", ".join(f"{seed}: {ratios[seed]:.4f}" for seed in sorted(ratios)),
                          "–" if met is None else f"{met} of {len(ratios)}"])
             csv_rows += [{"scenario": scenario, "method": cell[0], "reg_coef": cell[1], "budget": cell[2],
                           "seed": seed, "ratio_to_reference": ratio,
                           "target": "" if target is None else f"{target[0]} {target[1]:g}",
                           "meets_target": "" if target is None else meets_learning_target(scenario, ratio)}
                          for seed, ratio in sorted(ratios.items())]
-        title = ratio_note(evals, scenario) + (f"; learning target {target[0]} {target[1]:g}" if target else "")
+        title = ratio_note(evals, scenario) + (f"; learning target {target[0]} {target[1]:g}, set for the default "
+                                               "config, on the ratio only" if target else "")
         markdown.append(f"## {scenario} ({title})\n\n" + markdown_table(
-            ["method", "nominal ratio to reference", "per seed", "seeds meeting the target"], body))
+            ["method", "nominal ratio to reference", "per seed (seed: ratio)", "seeds meeting the target"], body))
     return "".join(markdown), csv_rows
 
 
@@ -747,7 +767,7 @@ def improvement_figure(improvement: dict, attack: str) -> Figure:
                 continue
             for shift, estimate, color, name in zip((-0.15, 0.15), improvement[(eps, other)], ("C0", "C1"),
                                                     ("P(X > Y), every pair of runs", "paired (per seed)")):
-                # a segment, not error bars: a percentile bootstrap CI of few seeds may exclude its point
+                # a segment with the point on it (error bars would need the point inside its interval)
                 ax.plot([estimate.lo, estimate.hi], [row + shift] * 2, color=color, marker="|", markersize=8)
                 ax.plot(estimate.iqm, row + shift, "o", color=color, label=name if row == 0 else None)
         ax.axvline(0.5, color="grey", linestyle="--", linewidth=1)
@@ -877,12 +897,12 @@ def write_report(results_dir: str | pathlib.Path, reps: int = REPS, attack: str 
     for scenario in unique(row["scenario"] for row in diags):
         figure(scenario, amplification_figure(diags, labels, scenario), f"amplification_{scenario}.png",
                f"{scenario}: directional amplification ||J u|| along PGA trajectories vs the global ||J P||_2 over "
-               "the shock channels at the same states, one point per trained policy (cell), colored by setting; "
-               "dashed: y = x.")
+               "the shock channels at the same states, one point per trained policy (cell), a color per method and a "
+               "marker per setting; dashed: y = x.")
     if (results_dir / "step_sizes.csv").is_file():
         steps = read_table(results_dir / "step_sizes.csv", STEP_KEYS, STEP_VALUES,
-                           nan_ok=[f"nonmonotone_rate_{name}" for name in STEP_BINS])
-        markdown, csv_rows, rates, pooled = step_size_tables(steps, labels, reps)
+                           nan_ok=["nonmonotone_rate", *(f"nonmonotone_rate_{name}" for name in STEP_BINS)])
+        markdown, csv_rows, rates, pooled = step_size_tables(steps, labels, reps, diag_steps(results_dir))
         table("step_sizes", "PGA step sizes and ascent (Theorems 2-3)", markdown, csv_rows)
         for scenario in unique(row["scenario"] for row in steps):
             figure(scenario, step_size_figure(rates, pooled, labels, scenario), f"step_sizes_{scenario}.png",
@@ -910,7 +930,8 @@ def write_report(results_dir: str | pathlib.Path, reps: int = REPS, attack: str 
     if not curves:
         notes.append("Learning curves: not drawn, no run directory with a metrics.csv under runs/ (committed results "
                      "keep only cells/ and the CSVs; rerun the grid to get them).")
-    written.append(write_index(out, provenance, figures, notes))
+    written.append(write_index(out, provenance, figures, notes, tables={path.stem for path in written
+                                                                         if path.suffix == ".md"}))
     return written
 
 
@@ -926,15 +947,18 @@ def completeness_note(results_dir: pathlib.Path, evals: list[dict[str, Any]]) ->
     seeds = unique(c.seed for c in cells)
     whole = [seed for seed in seeds if all(cell in done for cell in expected if cell[-1] == seed)]
     started = [seed for seed in seeds if seed not in whole and any(cell[-1] == seed for cell in done & expected)]
-    state = "the whole grid" if len(done & expected) == len(expected) else "a partial grid, still running"
+    state = "the whole grid" if len(done & expected) == len(expected) else "a partial grid, not finished"
+    extra = len(done - expected)
     return (f"Completeness: {len(done & expected)} of the grid's {len(expected)} cells ({state}); seeds with every "
             f"setting: {', '.join(map(str, whole)) or 'none'}" + (f"; begun: {', '.join(map(str, started))}"
-                                                                 if started else "") + ".")
+                                                                 if started else "")
+            + (f"; {extra} cell(s) outside run.json's grid" if extra else "") + ".")
 
 
 def write_index(out: pathlib.Path, provenance: Provenance, figures: list[tuple[str, pathlib.Path, str]],
-                notes: Sequence[str] = ()) -> pathlib.Path:
-    """``index.md``: links to the tables, the figures with their captions, the provenance."""
+                notes: Sequence[str] = (), tables: set[str] | None = None) -> pathlib.Path:
+    """``index.md``: links to the tables (those named in ``tables``, the ones this report wrote; None: every
+    one that exists), the figures with their captions, the provenance."""
     lines = ["# Robustness benchmark report\n\n## Tables\n\n"]
     for name, title in (("learning", "Learning quality: nominal ratio to the reference, seeds meeting the learning target"),
                         ("robustness", "Robustness: return and ratio to reference vs ε per attack and method"),
@@ -945,7 +969,7 @@ def write_index(out: pathlib.Path, provenance: Provenance, figures: list[tuple[s
                         ("step_sizes", "PGA step-size sweep: non-monotone steps against eta * L_eff (Theorems 2-3)"),
                         ("improvement", f"Probability of improvement of {FOCUS} over each method (per scenario and "
                                         "over scenarios) and the IQM of the normalised score over scenarios")):
-        if not (out / f"{name}.md").is_file():
+        if not (out / f"{name}.md").is_file() if tables is None else name not in tables:
             continue
         lines.append(f"- [{title}]({name}.md) ([CSV]({name}.csv), provenance: "
                      f"[{name}.provenance.json]({name}.provenance.json))\n")

@@ -451,7 +451,7 @@ def test_learning_curves_read_the_run_directories(tmp_path, eval_column):
     assert len(fig.axes[0].lines) == len(CELLS)
 
 
-def step_rows(bins_nan: bool = True):
+def step_rows():
     """Per cell and c: 10 steps with eta*L_seg <= 1 (none non-monotone), 0 in (1, 2], and in (2, inf] 4
     steps of which c * (seed + 1) / 8 * 4 are non-monotone (0 steps: NaN rate, as the runner writes it)."""
     rows = []
@@ -464,7 +464,7 @@ def step_rows(bins_nan: bool = True):
                                  "seed": seed, "eta_factor": c, "eta": c / 0.3, "steps": 14,
                                  "nonmonotone_rate": bad / 14,
                                  "steps_etaL_0_1": 10, "nonmonotone_rate_etaL_0_1": 0.0,
-                                 "steps_etaL_1_2": 0, "nonmonotone_rate_etaL_1_2": "nan" if bins_nan else 0.0,
+                                 "steps_etaL_1_2": 0, "nonmonotone_rate_etaL_1_2": "nan",
                                  "steps_etaL_2_inf": 4, "nonmonotone_rate_etaL_2_inf": bad / 4})
     return rows
 
@@ -498,9 +498,16 @@ def test_step_size_table_refuses_a_bad_rate_and_is_optional(tmp_path):
     write_csv(results / "step_sizes.csv", rows)
     with pytest.raises(ValueError, match="step_sizes.csv: column 'nonmonotone_rate_etaL_0_1'.*'oops'"):
         report.write_report(results, reps=REPS)
+    rows = step_rows()
+    rows[3]["nonmonotone_rate_etaL_1_2"] = 0.0  # a rate over no step
+    write_csv(results / "step_sizes.csv", rows)
+    with pytest.raises(ValueError, match="nonmonotone_rate_etaL_1_2 is 0.0 with steps_etaL_1_2 = 0"):
+        report.write_report(results, reps=REPS)
+    write_csv(results / "step_sizes.csv", step_rows())
+    report.write_report(results, reps=REPS)
     (results / "step_sizes.csv").unlink()
     report.write_report(results, reps=REPS)
-    assert not (results / "report" / "step_sizes.md").exists()
+    assert (results / "report" / "step_sizes.md").exists()  # a stale file of the earlier report
     assert "step_sizes.md" not in (results / "report" / "index.md").read_text()
 
 
@@ -517,6 +524,7 @@ def test_learning_table_counts_the_seeds_meeting_each_scenarios_target(written):
     markdown = (out / "learning.md").read_text()
     assert "learning target <= 1.05" in markdown and "learning target >= 0.9" in markdown
     assert "| ppo | " in markdown and "1 of 4 |" in markdown and "0 of 4 |" in markdown
+    assert "0: 0.3333, 1: 0.4000, 2: 0.3500, 3: 0.5833" in markdown  # routing ppo: (10 + noise) / 30 per seed
 
 
 def test_improvement_figure_draws_an_interval_that_excludes_its_point():
@@ -538,10 +546,27 @@ def test_index_says_how_much_of_the_grid_the_results_hold(tmp_path):
     (results / "run.json").write_text(json.dumps({"command": COMMAND, "preset": "-", "config": grid.to_dict()}))
     report.write_report(results, reps=REPS)
     index = (results / "report" / "index.md").read_text()
-    assert ("Completeness: 31 of the grid's 32 cells (a partial grid, still running); seeds with every setting: "
+    assert ("Completeness: 31 of the grid's 32 cells (a partial grid, not finished); seeds with every setting: "
             "0, 1, 2; begun: 3.") in index
     results = make_results(tmp_path)
     (results / "run.json").write_text(json.dumps({"command": COMMAND, "preset": "-", "config": grid.to_dict()}))
     report.write_report(results, reps=REPS)
     assert "32 of the grid's 32 cells (the whole grid); seeds with every setting: 0, 1, 2, 3." in (
         results / "report" / "index.md").read_text()
+
+
+@pytest.mark.parametrize("name", ["routing", "commons", "compute"])
+def test_learning_target_direction_follows_the_sign_of_the_reference_loss(name):
+    """A welfare ratio (reference loss < 0: the loss is minus a welfare) must be at least its bound, a cost
+    ratio at most: the direction of ``learning_target`` is what ``ratio_higher_is_better`` says."""
+    import envs
+    from agents.evaluate import TARGET_REFERENCE
+    from envs.core import meets_learning_target
+    from envs.vector import evaluate_policy
+
+    scenario = envs.make_scenario(name, **envs.SCENARIOS[name].presets["small"])
+    reference = TARGET_REFERENCE[name]
+    loss = evaluate_policy(scenario, lambda state: scenario.reference_action(state, reference), 4, 0)["system_loss"]
+    op, bound = envs.SCENARIOS[name].learning_target
+    assert op == (">=" if loss < 0 else "<=")
+    assert meets_learning_target(name, 1.0) and 0.5 < bound < 2.0

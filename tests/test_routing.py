@@ -5,7 +5,7 @@ import re
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import envs.routing  # noqa: F401  (registers the scenario)
@@ -144,6 +144,8 @@ def test_large_preset_references_reach_the_stated_gap(dtype):
 
 
 @settings(max_examples=15, deadline=None)
+@example(links=6, latency="bpr", demand=0.3515625, drops=[True, False, False, False, False, False],
+         objective="user_equilibrium")  # a link just above its threshold: the gap bound's worst case seen
 @given(links=st.integers(2, 6), latency=st.sampled_from(["bpr", "affine"]), demand=st.floats(0.2, 5.0),
        drops=st.lists(st.booleans(), min_size=6, max_size=6), objective=st.sampled_from(["user_equilibrium",
                                                                                        "system_optimum"]))
