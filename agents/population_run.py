@@ -35,9 +35,9 @@ from agents.learner import PPOLearner
 from agents.policy import make_policy
 from agents.population import member_metrics
 from agents.progress import progress_bar
-from agents.run import (CHECKPOINT, SUMMARY, MetricsLog, PeriodicEvaluation, StopRequest, atomic_write, check_device,
+from agents.run import (CHECKPOINT, SUMMARY, MetricsLog, PeriodicEvaluation, StopRequest, check_device,
                         check_new_run_dir, check_tracking, create_run, load_checkpoint, read_metrics, read_summary,
-                        restore, start_tracking, train, write_summary)
+                        restore, start_tracking, train, write_checkpoint, write_summary)
 from envs.vector import TorchVectorEnv
 from regularizers import METHODS, make_regularizer
 
@@ -183,10 +183,7 @@ def member_view(learner: PPOLearner, config: TrainConfig, member: int) -> types.
 
 def save_member_checkpoint(run_dir: pathlib.Path, learner: PPOLearner, member: int,
                            metrics: dict[str, float] | None) -> None:
-    state = member_state(learner, member)
-    if metrics:
-        state["metrics"] = metrics
-    atomic_write(pathlib.Path(run_dir) / CHECKPOINT, lambda tmp: torch.save(state, tmp))
+    write_checkpoint(run_dir, member_state(learner, member), metrics)
 
 
 # ----- training -----------------------------------------------------------------------------------

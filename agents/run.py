@@ -81,9 +81,14 @@ def atomic_write_csv(path: pathlib.Path, rows: list[dict[str, Any]], columns: li
 
 def save_checkpoint(run_dir: pathlib.Path, learner: PPOLearner, metrics: dict[str, float] | None = None) -> None:
     """The learner's state, and the metrics of its last iteration (the summary's ``final_training``)."""
-    state = learner.state_dict()
+    write_checkpoint(run_dir, learner.state_dict(), metrics)
+
+
+def write_checkpoint(run_dir: pathlib.Path, state: dict[str, Any], metrics: dict[str, float] | None = None) -> None:
+    """``state`` (a learner's, or a population member's in the same format) with the metrics of its last
+    iteration, written atomically to ``run_dir/checkpoint.pt``."""
     if metrics is not None:
-        state["metrics"] = {key: float(value) for key, value in metrics.items()}
+        state = {**state, "metrics": {key: float(value) for key, value in metrics.items()}}
     atomic_write(pathlib.Path(run_dir) / CHECKPOINT, lambda tmp: torch.save(state, tmp))
 
 
