@@ -116,7 +116,7 @@ def write_export(results_dir: str | pathlib.Path, fmt: str = "marl-eval", out: s
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m robustness.export", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m robustness.export", description=(__doc__ or "").partition("\n")[0])  # no docstring under -OO
     parser.add_argument("results_dir", type=pathlib.Path, help="folder with evaluations.csv, run.json, cells/")
     parser.add_argument("--out", type=pathlib.Path, help="JSON file (default RESULTS_DIR/marl_eval.json)")
     args = parser.parse_args(argv)

@@ -985,7 +985,7 @@ def write_index(out: pathlib.Path, provenance: Provenance, figures: list[tuple[s
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m robustness.report", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m robustness.report", description=(__doc__ or "").partition("\n")[0])  # no docstring under -OO
     parser.add_argument("results_dir", type=pathlib.Path, help="folder with evaluations.csv, diagnostics.csv, run.json")
     parser.add_argument("--reps", type=int, default=REPS, help="bootstrap replicates (default %(default)s)")
     parser.add_argument("--attack", default=HEADLINE_ATTACK,
