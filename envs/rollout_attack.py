@@ -68,7 +68,7 @@ from collections.abc import Callable
 import torch
 
 from envs.core import State, check_choice, check_positive_int
-from envs.shocks import MODES, shocked
+from envs.shocks import MODES, repeat_batch, shocked
 
 
 def _copies_transition(scenario, state: State, actions: torch.Tensor, generator: torch.Generator,
@@ -85,7 +85,8 @@ def _copies_transition(scenario, state: State, actions: torch.Tensor, generator:
 
 
 def rollout_objective(scenario, state: State, obs: torch.Tensor, policy: Callable[[torch.Tensor], torch.Tensor],
-                      mode: str, horizon: int, generator: torch.Generator) -> Callable[[torch.Tensor], torch.Tensor]:
+                      mode: str, horizon: int, generator: torch.Generator,
+                      copies: int = 1) -> Callable[[torch.Tensor], torch.Tensor]:
     """``g(delta)``: the system loss summed over the next ``horizon`` steps (module docstring).
 
     :param scenario: an ``envs.core.Scenario``.
@@ -97,26 +98,33 @@ def rollout_objective(scenario, state: State, obs: torch.Tensor, policy: Callabl
         ``g`` ``(B, N)``).
     :param horizon: H >= 1 steps in the window (cut at the episode's end); H = 1 is ``system_objective``.
     :param generator: the environment's generator; its state is copied now and never advanced.
+    :param copies: the objective over ``copies`` environment-major copies of the batch (``delta`` of
+        ``B * copies`` rows, copy r of environment b at row ``b * copies + r``; ``envs.shocks.repeat_batch``),
+        every copy drawing its environment's numbers: PGD's runs in one batch (``batched_pgd_attack``).
     """
     check_choice("mode", mode, MODES)
     horizon = check_positive_int("horizon", horizon)
+    copies = check_positive_int("copies", copies)
     draws = generator.get_state()
     remaining = scenario.horizon - state["t"]  # (B,) steps left in each episode, this one included
     steps = max(1, min(horizon, int(remaining.max())))
     batch, n = obs.shape[:2]
-    if mode == "shared":
-        start, advance = state, scenario.transition
+    batch, obs = batch * copies, repeat_batch(obs, copies)
+    repeats = copies * (n if mode == "per_agent" else 1)  # simulated copies of every environment
+    start = {key: repeat_batch(value, repeats) for key, value in state.items()}
+    remaining = repeat_batch(remaining, repeats)
 
+    def advance(current: State, actions: torch.Tensor, window: torch.Generator) -> State:
+        if repeats == 1:  # the plain transition: the same numbers as without copies
+            return scenario.transition(current, actions, window)
+        return _copies_transition(scenario, current, actions, window, repeats)
+
+    if mode == "shared":
         def first_actions(delta: torch.Tensor) -> torch.Tensor:
             return policy(shocked(obs, delta))
     else:
         nominal = policy(obs).detach()
         eye = torch.eye(n, dtype=torch.bool, device=obs.device).view(1, n, n, 1)
-        start = {key: value.repeat_interleave(n, dim=0) for key, value in state.items()}
-        remaining = remaining.repeat_interleave(n)
-
-        def advance(current: State, actions: torch.Tensor, window: torch.Generator) -> State:
-            return _copies_transition(scenario, current, actions, window, n)
 
         def first_actions(delta: torch.Tensor) -> torch.Tensor:
             attacked = policy(obs + delta)  # agent j's action depends on its own observation only

@@ -56,11 +56,12 @@ from envs.shocks import (
     NORMS,
     RULES,
     action_objective,
+    batched_pgd_attack,
     budget_use,
     pga,
-    pgd_attack,
     random_in_ball,
     random_search,
+    repeat_batch,
     spike_shock,
     system_objective,
     value_objective,
@@ -163,18 +164,24 @@ def compute_shock(scenario, state: dict, obs: torch.Tensor, policy: Policy, cfg:
     if value_fn is not None:
         value_fn = checked_output(value_fn, "value_fn", ())
     shape = (batch, dim) if cfg.mode == "shared" else (batch, n, dim)
-    if cfg.objective == "value":
-        if value_fn is None:
-            raise ValueError("objective 'value' needs value_fn (a critic mapping (B, N, D) to (B, N))")
-        objective = value_objective(obs, value_fn, cfg.mode)
-    elif cfg.objective == "action":
-        objective = action_objective(obs, policy, cfg.mode)
-    elif cfg.objective == "rollout":
-        if env_generator is None:
-            raise ValueError("objective 'rollout' needs env_generator (the environment's generator)")
-        objective = rollout_objective(scenario, state, obs, policy, cfg.mode, cfg.horizon, env_generator)
-    else:
-        objective = system_objective(scenario, state, obs, policy, cfg.mode)
+    if cfg.objective == "value" and value_fn is None:
+        raise ValueError("objective 'value' needs value_fn (a critic mapping (B, N, D) to (B, N))")
+    if cfg.objective == "rollout" and env_generator is None:
+        raise ValueError("objective 'rollout' needs env_generator (the environment's generator)")
+
+    def objective_of(copies: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The objective over ``copies`` environment-major copies of the batch (``batched_pgd_attack``)."""
+        if cfg.objective == "rollout":
+            return rollout_objective(scenario, state, obs, policy, cfg.mode, cfg.horizon, env_generator, copies)
+        copied_obs = repeat_batch(obs, copies)
+        if cfg.objective == "value":
+            return value_objective(copied_obs, value_fn, cfg.mode)
+        if cfg.objective == "action":
+            return action_objective(copied_obs, policy, cfg.mode)
+        return system_objective(scenario, {key: repeat_batch(value, copies) for key, value in state.items()},
+                                copied_obs, policy, cfg.mode)
+
+    objective = objective_of(1)
     options = {"device": obs.device, "dtype": obs.dtype}
     mask = scenario.shock_mask
     random_start = cfg.random_start or cfg.objective == "action"
@@ -198,11 +205,12 @@ def compute_shock(scenario, state: dict, obs: torch.Tensor, policy: Policy, cfg:
                          generator, rule=cfg.rule, **options)
         delta = trajectory.deltas[-1]
     else:
-        attack = pgd_attack(objective, shape, cfg.eps, cfg.norm, cfg.steps, cfg.step_size, mask, cfg.rule,
-                            cfg.restarts + int(random_start and cfg.restarts == 0), generator,
-                            zero_start=not random_start, **options)
+        attack = batched_pgd_attack(objective_of, shape, cfg.eps, cfg.norm, cfg.steps, cfg.step_size, mask, cfg.rule,
+                                    cfg.restarts + int(random_start and cfg.restarts == 0), generator,
+                                    zero_start=not random_start, **options)
         if cfg.objective == "random_search":
-            attack, won = random_search(objective, attack, cfg.eps, cfg.norm, cfg.candidates, mask, generator)
+            attack, won = random_search(objective, attack, cfg.eps, cfg.norm, cfg.candidates, mask, generator,
+                                        objective_of)
             extra["shock/search_wins"] = won.reshape(batch, -1).to(obs.dtype).mean(-1)
         delta = attack.delta
     if not torch.isfinite(delta).all():

@@ -192,3 +192,44 @@ def test_the_evaluation_freezes_the_victims_weights_without_changing_a_number():
         type(policy).deterministic_action = original
     assert any(seen) and all(parameter.requires_grad for parameter in policy.parameters())  # restored
     assert frozen == evaluate_under_attacks(scenario, Delegate(policy), grid)
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 10_000), eps=st.floats(0.05, 2.0), norm=st.sampled_from(["l2", "linf"]),
+       restarts=st.integers(0, 3), zero_start=st.booleans(), per_agent=st.booleans())
+def test_batched_pgd_is_pgd_with_its_runs_in_one_batch(seed, eps, norm, restarts, zero_start, per_agent):
+    """Same starts (drawn in pgd_attack's order), same trajectories, the same best run per sample (ties to
+    the earliest): the batched attack returns pgd_attack's result; the objective's copies are its rows."""
+    from envs.shocks import batched_pgd_attack
+
+    if restarts == 0 and not zero_start:
+        restarts = 1
+    objective = bumpy_objective(seed, 4)
+    shape = (6, 3, 4) if per_agent else (16, 4)
+    mask = torch.tensor([True, False, True, True])
+    kwargs = {"eps": eps, "norm": norm, "steps": 4, "mask": mask, "rule": "normalized", "restarts": restarts,
+              "dtype": torch.float64, "zero_start": zero_start}
+    calls = []
+
+    def objective_of(copies):
+        calls.append(copies)
+        return objective  # row-wise: copies are more rows
+
+    sequential = pgd_attack(objective, shape, generator=torch.Generator().manual_seed(seed), **kwargs)
+    batched = batched_pgd_attack(objective_of, shape, generator=torch.Generator().manual_seed(seed), **kwargs)
+    for got, expected in zip(batched, sequential):
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    assert calls[0] == int(zero_start) + restarts
+
+
+@pytest.mark.parametrize("per_agent", [False, True])
+def test_random_search_in_one_batch_is_the_candidate_loop(per_agent):
+    objective = bumpy_objective(3, 4)
+    shape = (6, 3, 4) if per_agent else (16, 4)
+    start = pgd_attack(objective, shape, 0.5, "l2", 3, rule="normalized", restarts=0, dtype=torch.float64)
+    loop = random_search(objective, start, 0.5, "l2", 8, None, torch.Generator().manual_seed(5))
+    batched = random_search(objective, start, 0.5, "l2", 8, None, torch.Generator().manual_seed(5),
+                            objective_of=lambda copies: objective)
+    for got, expected in zip((*batched[0], batched[1]), (*loop[0], loop[1])):
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    assert bool(loop[1].any())  # some candidate beat PGD: the comparison covers the replacement

@@ -166,3 +166,22 @@ def test_bad_arguments_are_errors():
         rollout_objective(scenario, state, obs, policy, "everyone", 3, generator)
     with pytest.raises(ValueError, match="horizon"):
         rollout_objective(scenario, state, obs, policy, "shared", 0, generator)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", NAMES)
+def test_copies_are_the_objective_of_each_copys_own_delta(name, mode):
+    """The objective over 3 environment-major copies (PGD's runs in one batch) at 3 different deltas per
+    environment is, copy by copy, the one-copy objective at that delta: every copy draws its environment's
+    numbers, so the clairvoyant window stays the environment's real future."""
+    from envs.shocks import repeat_batch
+
+    scenario, policy, state, obs, generator = setup(name)
+    deltas = [random_delta(scenario, mode, seed=seed) for seed in (1, 2, 3)]
+    single = rollout_objective(scenario, state, obs, policy, mode, 4, generator)
+    copied = rollout_objective(scenario, state, obs, policy, mode, 4, generator, copies=3)
+    stacked = torch.stack(deltas, dim=1).reshape(BATCH * 3, *deltas[0].shape[1:])  # row b * 3 + r: copy r of b
+    values = copied(stacked).view(BATCH, 3, *([scenario.n_agents] if mode == "per_agent" else []))
+    for r, delta in enumerate(deltas):
+        torch.testing.assert_close(values[:, r], single(delta), rtol=1e-12, atol=1e-12)
+    assert torch.equal(repeat_batch(obs, 3)[3:6], obs[1:2].expand(3, *obs.shape[1:]))
