@@ -156,6 +156,16 @@ class Attack(NamedTuple):
     clean_value: torch.Tensor  # (*batch) g(0)
 
 
+def check_runs(restarts: int, zero_start: bool, generator: torch.Generator | None) -> None:
+    """PGD's runs: ``restarts`` an integer >= 0, at least one run, a generator for the random starts."""
+    if restarts < 0 or isinstance(restarts, bool) or not isinstance(restarts, int):
+        raise ValueError(f"restarts must be an integer >= 0, got {restarts!r}")
+    if not zero_start and restarts == 0:
+        raise ValueError("pgd_attack needs the zero start or at least one random restart")
+    if restarts and generator is None:
+        raise ValueError("random restarts need a torch.Generator for reproducibility")
+
+
 def pgd_attack(objective: Callable[[torch.Tensor], torch.Tensor], delta_shape: tuple[int, ...], eps: float,
                norm: str = "l2", steps: int = 20, step_size: float | None = None, mask: torch.Tensor | None = None,
                rule: str = "normalized", restarts: int = 2, generator: torch.Generator | None = None,
@@ -165,12 +175,7 @@ def pgd_attack(objective: Callable[[torch.Tensor], torch.Tensor], delta_shape: t
     the ball, keeping each sample's best iterate over every run (never worse than the last iterate, and
     restarts never worse than none: the zero-start run is always among the candidates when it is made).
     """
-    if restarts < 0 or isinstance(restarts, bool) or not isinstance(restarts, int):
-        raise ValueError(f"restarts must be an integer >= 0, got {restarts!r}")
-    if not zero_start and restarts == 0:
-        raise ValueError("pgd_attack needs the zero start or at least one random restart")
-    if restarts and generator is None:
-        raise ValueError("random restarts need a torch.Generator for reproducibility")
+    check_runs(restarts, zero_start, generator)
     options = {"mask": mask, "rule": rule, "device": device, "dtype": dtype}
     best_delta, best_value, clean = None, None, None
     for run in range(int(zero_start) + restarts):
@@ -211,12 +216,7 @@ def batched_pgd_attack(objective_of: Callable[[int], Callable[[torch.Tensor], to
     of its own delta as ``objective_of(1)``. The random starts are drawn in ``pgd_attack``'s order from
     the same generator and ties go to the earliest run, so the result is ``pgd_attack(objective_of(1),
     ...)``'s up to the float rounding of a larger batch (tested)."""
-    if restarts < 0 or isinstance(restarts, bool) or not isinstance(restarts, int):
-        raise ValueError(f"restarts must be an integer >= 0, got {restarts!r}")
-    if not zero_start and restarts == 0:
-        raise ValueError("pgd_attack needs the zero start or at least one random restart")
-    if restarts and generator is None:
-        raise ValueError("random restarts need a torch.Generator for reproducibility")
+    check_runs(restarts, zero_start, generator)
     runs = int(zero_start) + restarts
     if runs == 1:
         return pgd_attack(objective_of(1), delta_shape, eps, norm, steps, step_size, mask, rule, restarts, generator,
