@@ -33,3 +33,11 @@ def test_environment_throughput_benchmark_prints_every_scenario():
     assert result.returncode == 0, result.stderr
     for name in ("commons", "routing", "compute"):
         assert any(line.startswith(f"| {name} |") for line in result.stdout.splitlines()), result.stdout
+
+
+def test_batched_attack_benchmark_prints_a_row_per_attack_with_equal_returns():
+    result = run_script("bench/batched_attacks.py", "--scenarios", "compute", "--attacks", "system", "rollout",
+                        "--episodes", "4", "--steps", "2", "--rounds", "1")
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| compute |")]
+    assert len(rows) == 2 and all(row.rstrip().endswith("| yes |") for row in rows), result.stdout
