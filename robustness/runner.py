@@ -139,7 +139,7 @@ PRESETS: dict[str, BenchmarkConfig] = {
         attack=AttackGrid(modes=("shared",), eps=(0.0, 0.1, 0.2), episodes=64)),
     # commons under the suite (its ``rollout`` attack sees the damage that comes after the shocked step):
     # the core of Corollary 1 at 4M agent-steps and 4 PPO epochs, where plain PPO meets its learning
-    # target (1.0124 of the MSY welfare, seed 0; 0.8840 at 2M, short of 0.90)
+    # target (1.0124 and 1.0291 of the MSY welfare, seeds 0 and 1; 0.8840 at 2M, seed 0, short of 0.90)
     "corollary-commons": BenchmarkConfig(
         scenarios=("commons",), methods=("ppo", "aajr", "jacobian", "spectral"), seeds=(0, 1, 2, 3, 4),
         reg_coefs=(1.0,), reg_budgets=(0.1, 0.3, 1.0, 3.0), size="default",
