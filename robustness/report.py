@@ -625,7 +625,8 @@ def tradeoff_figure(points: dict[tuple, dict[tuple, tuple]], price: dict, labels
             ax.plot([x for x, _, _ in line], [y for _, y, _ in line], marker="o", label=method, **style(index))
             for x, y, setting in line:  # which lambda / gamma each IQM point is
                 if setting:
-                    ax.annotate(setting, (x, y), xytext=(3, 3), textcoords="offset points", fontsize=6, color=color)
+                    ax.annotate(setting, (x, y), xytext=(3, 3 - 7 * index), textcoords="offset points", fontsize=6,
+                                color=color)  # methods offset apart: their points at one gamma cluster
         ax.set(xlabel="nominal return per agent (ε=0)", ylabel=f"robust return per agent (ε={eps:g})",
                title=f"{scenario}: ε={eps:g}, {attack} attack")
         ax.legend(fontsize="small")
