@@ -27,9 +27,10 @@ the same H-step loss can achieve; a real attacker would have to average over the
 ``system_objective``). The transition of the repeated batch runs under ``torch.func.vmap`` over the N
 copies with ``randomness="same"``: every copy draws exactly the numbers its original environment
 draws from the same generator state. So copy i of environment b sees the same noise as environment b
-in ``shared`` mode, and with ``delta = 0`` every ``g_i`` equals the shared ``g`` (tested). This needs a
-vmappable ``transition`` (the three scenarios' are: their random draws have the batch shape, taken
-from the state's leading dimension).
+in ``shared`` mode, and with ``delta = 0`` every ``g_i`` equals the shared ``g`` (tested). The same
+holds for ``copies`` (PGD's runs in one batch, ``envs.shocks.batched_pgd_attack``), in either mode. This
+needs a vmappable ``transition`` in ``per_agent`` mode and, with copies, in ``shared`` mode too (the
+three scenarios' are: their random draws have the batch shape, taken from the state's leading dimension).
 
 **The window stops at the episode's end.** ``state["t"]`` ``(B,)`` (int64) counts the steps played in
 each environment; the losses of steps ``k >= 1`` with ``t + k >= scenario.horizon`` are left out per

@@ -230,7 +230,9 @@ def batched_pgd_attack(objective_of: Callable[[int], Callable[[torch.Tensor], to
                      device=device, dtype=dtype, start=start)
     delta, value = best_iterate(trajectory)
     delta, value = delta.view(batch, runs, *rest), value.view(batch, runs, *value.shape[1:])
-    best = value.argmax(1, keepdim=True)  # the first of equal maxima: the earliest run, as in pgd_attack
+    # the first of equal maxima: the earliest run, as in pgd_attack; a NaN value never wins (argmax would
+    # take it; pgd_attack keeps a NaN first run, the only case where the two differ)
+    best = value.nan_to_num(nan=-torch.inf).argmax(1, keepdim=True)
     best_value = value.gather(1, best).squeeze(1)
     best_delta = delta.gather(1, best.unsqueeze(-1).expand(-1, -1, *delta.shape[2:])).squeeze(1)
     if zero_start:

@@ -233,3 +233,19 @@ def test_random_search_in_one_batch_is_the_candidate_loop(per_agent):
     for got, expected in zip((*batched[0], batched[1]), (*loop[0], loop[1])):
         torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
     assert bool(loop[1].any())  # some candidate beat PGD: the comparison covers the replacement
+
+
+def test_batched_pgd_never_picks_a_nan_run():
+    """A run whose objective is NaN (here every random start of sample 0) loses to the finite zero start."""
+    from envs.shocks import batched_pgd_attack
+
+    def objective_of(copies):
+        def objective(delta):
+            value = -(delta ** 2).sum(-1)
+            rows = torch.arange(delta.shape[0])
+            return torch.where((rows < copies) & (rows % copies > 0), torch.nan, value)  # sample 0's restarts
+        return objective
+
+    attack = batched_pgd_attack(objective_of, (4, 3), 0.5, "l2", 3, restarts=2,
+                                generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert torch.isfinite(attack.value).all() and torch.equal(attack.delta[0], torch.zeros(3, dtype=torch.float64))

@@ -185,3 +185,44 @@ def test_copies_are_the_objective_of_each_copys_own_delta(name, mode):
     for r, delta in enumerate(deltas):
         torch.testing.assert_close(values[:, r], single(delta), rtol=1e-12, atol=1e-12)
     assert torch.equal(repeat_batch(obs, 3)[3:6], obs[1:2].expand(3, *obs.shape[1:]))
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", NAMES)
+def test_compute_shock_batches_pgds_runs_without_changing_the_shock(name, mode, monkeypatch):
+    """Every evaluation objective through compute_shock: the batched runs (copies of the episodes, copy r of
+    environment b at row b * copies + r) give the shocks and infos of the run-by-run attack; a layout that
+    mixed the copies up would pair deltas with the wrong environments' states and fail here."""
+    import envs.shock_wrapper as shock_wrapper
+    from envs.shock_wrapper import ShockConfig, compute_shock
+    from envs.shocks import pgd_attack, random_search
+
+    scenario, policy, state, obs, generator = setup(name)
+    weights = torch.randn(scenario.obs_dim, generator=torch.Generator().manual_seed(11), dtype=F64)
+
+    def value_fn(x):
+        return torch.tanh(x @ weights) + 0.1 * (x ** 2).sum(-1)
+
+    def sequential_pgd(objective_of, *args, **kwargs):
+        return pgd_attack(objective_of(1), *args, **kwargs)
+
+    def sequential_search(*args, objective_of=None):
+        return random_search(*args)
+
+    for objective in ("system", "value", "action", "rollout", "random_search"):
+        config = ShockConfig(eps=0.3, steps=4, objective=objective, mode=mode, rule="normalized", best_iterate=True,
+                             restarts=2, candidates=8, horizon=3)
+        shocks = []
+        for sequential in (False, True):
+            if sequential:
+                monkeypatch.setattr(shock_wrapper, "batched_pgd_attack", sequential_pgd)
+                monkeypatch.setattr(shock_wrapper, "random_search", sequential_search)
+            shocks.append(compute_shock(scenario, state, obs, policy, config, envs.make_generator(123), value_fn,
+                                        env_generator=generator))
+        monkeypatch.undo()
+        (batched, batched_info), (run_by_run, run_info) = shocks
+        torch.testing.assert_close(batched, run_by_run, rtol=1e-9, atol=1e-12)
+        assert batched_info.keys() == run_info.keys()
+        for key in run_info:
+            torch.testing.assert_close(batched_info[key].double(), run_info[key].double(), rtol=1e-9, atol=1e-12)
+        assert float(batched_info["shock/budget_use"].max()) > 0.5  # the attack moved: the comparison has content
