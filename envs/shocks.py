@@ -22,7 +22,7 @@ Shared shocks use ``delta`` ``(B, D)`` broadcast to every agent by the objective
   (Madry et al.'s PGD).
 
 ``pgd_attack`` is the evaluation attack on top of ``pga``: the best iterate of every sample over the
-zero start and ``restarts`` random starts. ``random_search`` is the gradient-free check: candidates
+zero start and ``restarts`` random starts (``batched_pgd_attack``: the same, its runs in one batch). ``random_search`` is the gradient-free check: candidates
 on the boundary of the ball plus a PGD result, the best kept.
 """
 
