@@ -553,8 +553,8 @@ def tradeoff_tables(evals: list[dict[str, Any]], labels: Labels, attack: str, mo
     markdown = [(f"Attack: `{attack}`, `{mode}` shock. ΔPoR(aajr, G) = mean over the robustness levels both fronts "
                  "reach of N_G(r) - N_aajr(r), the nominal return a method keeps at worst-case robust return r "
                  "(each method's non-dominated settings, interpolated linearly, per seed): < 0 means AAJR pays "
-                 "less nominal return than G for the same robustness. n: seeds whose fronts overlap, of all "
-                 "seeds.\n\n")]
+                 "less nominal return than G for the same robustness. n: seeds whose fronts overlap, of the "
+                 "seeds with every setting of both methods.\n\n")]
     csv_rows: list[dict[str, Any]] = []
     body = []
     for scenario, eps in unique(key[:2] for key in points):
@@ -562,8 +562,12 @@ def tradeoff_tables(evals: list[dict[str, Any]], labels: Labels, attack: str, mo
         if FOCUS not in methods:
             continue
         for other in (m for m in GLOBAL_METHODS if m in methods):
-            seeds = sorted({key[3] for key in points if key[:3] == (scenario, eps, FOCUS)}
-                           & {key[3] for key in points if key[:3] == (scenario, eps, other)})
+            # a seed's front needs every setting of both methods (an unfinished grid has seeds with only some)
+            settings = {m: {(c, b) for name, c, b in labels.cells[scenario] if name == m} for m in (FOCUS, other)}
+            seeds = sorted({key[3] for key in points if key[:3] == (scenario, eps, FOCUS)
+                            and set(points[key]) == settings[FOCUS]}
+                           & {key[3] for key in points if key[:3] == (scenario, eps, other)
+                              and set(points[key]) == settings[other]})
             differences = []
             for seed in seeds:
                 fronts = [pareto_front(*np.array(list(points[(scenario, eps, m, seed)].values())).T)
