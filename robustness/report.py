@@ -144,6 +144,7 @@ class Provenance:
     preset: str
     report_command: str
     reps: int
+    grid: Any = None  # run.json's "config": the grid the benchmark ran (None when it has none)
 
     @classmethod
     def read(cls, results_dir: pathlib.Path, report_command: str, reps: int) -> Provenance:
@@ -153,7 +154,7 @@ class Provenance:
         run = json.loads(path.read_text())
         if not run.get("command"):
             raise ReportError(f"{path}: missing 'command'")
-        return cls(str(run["command"]), str(run.get("preset", "-")), report_command, reps)
+        return cls(str(run["command"]), str(run.get("preset", "-")), report_command, reps, run.get("config"))
 
     @property
     def method(self) -> str:
@@ -379,10 +380,9 @@ def diagnostics_tables(diags: list[dict[str, Any]], labels: Labels, reps: int) -
     return "".join(markdown), csv_rows
 
 
-def diag_steps(results_dir: pathlib.Path) -> str:
-    """K of the diagnostics' PGA as ``run.json`` records it ("K" when it does not)."""
-    config = json.loads((results_dir / "run.json").read_text()).get("config")
-    return str(config.get("diag_steps", "K")) if isinstance(config, dict) else "K"
+def diag_steps(grid: Any) -> str:
+    """K of the diagnostics' PGA as run.json's grid records it ("K" when it does not)."""
+    return str(grid.get("diag_steps", "K")) if isinstance(grid, dict) else "K"
 
 
 def step_size_tables(steps: list[dict[str, Any]], labels: Labels, reps: int, k: str = "K"
@@ -907,7 +907,7 @@ def write_report(results_dir: str | pathlib.Path, reps: int = REPS, attack: str 
     if (results_dir / "step_sizes.csv").is_file():
         steps = read_table(results_dir / "step_sizes.csv", STEP_KEYS, STEP_VALUES,
                            nan_ok=["nonmonotone_rate", *(f"nonmonotone_rate_{name}" for name in STEP_BINS)])
-        markdown, csv_rows, rates, pooled = step_size_tables(steps, labels, reps, diag_steps(results_dir))
+        markdown, csv_rows, rates, pooled = step_size_tables(steps, labels, reps, diag_steps(provenance.grid))
         table("step_sizes", "PGA step sizes and ascent (Theorems 2-3)", markdown, csv_rows)
         for scenario in unique(row["scenario"] for row in steps):
             figure(scenario, step_size_figure(rates, pooled, labels, scenario), f"step_sizes_{scenario}.png",
@@ -926,7 +926,7 @@ def write_report(results_dir: str | pathlib.Path, reps: int = REPS, attack: str 
                f"All scenarios x seeds, {attack} attack ({mode} shock), one panel per ε: fraction of runs whose "
                "normalised score (1 = the scenario's reference) exceeds τ, with 95% CI bands; higher and further "
                "right is better.")
-    notes = [completeness_note(results_dir, evals)]
+    notes = [completeness_note(provenance.grid, evals)]
     curves, column = learning_curves(results_dir)
     for scenario in unique(key[0] for key in curves):
         figure(scenario, learning_curve_figure(curves, labels, scenario, column), f"learning_curves_{scenario}.png",
@@ -940,11 +940,11 @@ def write_report(results_dir: str | pathlib.Path, reps: int = REPS, attack: str 
     return written
 
 
-def completeness_note(results_dir: pathlib.Path, evals: list[dict[str, Any]]) -> str:
+def completeness_note(grid: Any, evals: list[dict[str, Any]]) -> str:
     """How much of ``run.json``'s grid the results hold: cells done of the grid's, and the seeds with every
     setting done (a grid runs seed by seed, so an unfinished grid holds its first seeds whole)."""
     try:
-        cells = grid_cells(BenchmarkConfig.from_dict(json.loads((results_dir / "run.json").read_text())["config"]))
+        cells = grid_cells(BenchmarkConfig.from_dict(grid))
     except (KeyError, ConfigError):
         return "Completeness: run.json holds no grid to compare with."
     done = {tuple(row[key] for key in CELL) for row in evals}
