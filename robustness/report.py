@@ -57,7 +57,7 @@ import dataclasses
 import json
 import pathlib
 import shlex
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -212,6 +212,15 @@ class Labels:
     def methods(self, scenario: str) -> list[str]:
         """The scenario's methods in report order."""
         return unique(method for method, _, _ in self.cells[scenario])
+
+    def indexed_settings(self, scenario: str) -> Iterator[tuple[int, int, tuple[str, float, float]]]:
+        """``(method_index, setting_index, cell)`` over the scenario's cells in report order, numbered per
+        method and per setting within the method: for figures with a color per method and a line style
+        or marker per setting."""
+        for method_index, method in enumerate(self.methods(scenario)):
+            settings = [cell for cell in self.cells[scenario] if cell[0] == method]
+            for setting_index, cell in enumerate(settings):
+                yield method_index, setting_index, cell
 
 
 def fmt(estimate: Estimate | None) -> str:
@@ -445,14 +454,12 @@ def step_size_figure(rates: dict[tuple, Estimate], pooled: dict[tuple, tuple[int
     left, right = fig.subplots(1, 2)
     methods = labels.methods(scenario)
     factors = sorted({key[-1] for key in rates if key[0] == scenario})
-    for method_index, method in enumerate(methods):  # a color per method, a line style per setting
-        settings = [cell for cell in labels.cells[scenario] if cell[0] == method]
-        for setting_index, cell in enumerate(settings):
-            points = sorted((key[-1], e) for key, e in rates.items() if key[:-1] == (scenario, *cell))
-            if points:
-                left.plot([c for c, _ in points], [e.iqm for _, e in points], marker="o", markersize=3,
-                          label=labels(scenario, *cell), color=style(method_index)["color"],
-                          linestyle=("-", "--", ":", "-.")[setting_index % 4])
+    for method_index, setting_index, cell in labels.indexed_settings(scenario):
+        points = sorted((key[-1], e) for key, e in rates.items() if key[:-1] == (scenario, *cell))
+        if points:
+            left.plot([c for c, _ in points], [e.iqm for _, e in points], marker="o", markersize=3,
+                      label=labels(scenario, *cell), color=style(method_index)["color"],
+                      linestyle=("-", "--", ":", "-.")[setting_index % 4])
     left.set(xscale="log", xlabel="c = eta * median L_eff", ylabel="non-monotone step rate (IQM over seeds)",
              title=f"{scenario}: PGA step-size sweep")
     left.set_xticks(factors, [f"{c:g}" for c in factors])
@@ -641,14 +648,12 @@ def amplification_figure(diags: list[dict[str, Any]], labels: Labels, scenario: 
     fig = Figure(figsize=(5, 4))
     ax = fig.add_subplot()
     rows = [row for row in diags if row["scenario"] == scenario]
-    for method_index, method in enumerate(labels.methods(scenario)):  # a color per method, a marker per setting
-        settings = [cell for cell in labels.cells[scenario] if cell[0] == method]
-        for setting_index, cell in enumerate(settings):
-            cell_rows = [row for row in rows if (row["method"], row["reg_coef"], row["budget"]) == cell]
-            if cell_rows:
-                ax.scatter([row["global_norm_mean"] for row in cell_rows], [row["jvp_norm_mean"] for row in cell_rows],
-                           color=style(method_index)["color"], marker="osD^v<>"[setting_index % 7], s=20,
-                           label=labels(scenario, *cell))
+    for method_index, setting_index, cell in labels.indexed_settings(scenario):
+        cell_rows = [row for row in rows if (row["method"], row["reg_coef"], row["budget"]) == cell]
+        if cell_rows:
+            ax.scatter([row["global_norm_mean"] for row in cell_rows], [row["jvp_norm_mean"] for row in cell_rows],
+                       color=style(method_index)["color"], marker="osD^v<>"[setting_index % 7], s=20,
+                       label=labels(scenario, *cell))
     top = max(max(row["global_norm_mean"], row["jvp_norm_mean"]) for row in rows)
     ax.plot([0, top], [0, top], color="grey", linestyle="--", linewidth=1, label="y = x")
     ax.set(xlabel="global ||J P||_2 over the shock channels (mean over states)",
