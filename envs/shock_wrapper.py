@@ -33,6 +33,7 @@ integers in [0, 2**63) (the shock generator's seed after ``reset(seed)`` is ``se
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import numpy as np
@@ -169,6 +170,7 @@ def compute_shock(scenario, state: dict, obs: torch.Tensor, policy: Policy, cfg:
     if cfg.objective == "rollout" and env_generator is None:
         raise ValueError("objective 'rollout' needs env_generator (the environment's generator)")
 
+    @functools.cache  # built once: batched_pgd_attack also takes objective_of(1) for the clean value
     def objective_of(copies: int) -> Callable[[torch.Tensor], torch.Tensor]:
         """The objective over ``copies`` environment-major copies of the batch (``batched_pgd_attack``)."""
         if cfg.objective == "rollout":
@@ -181,7 +183,6 @@ def compute_shock(scenario, state: dict, obs: torch.Tensor, policy: Policy, cfg:
         return system_objective(scenario, {key: repeat_batch(value, copies) for key, value in state.items()},
                                 copied_obs, policy, cfg.mode)
 
-    objective = objective_of(1)
     options = {"device": obs.device, "dtype": obs.dtype}
     mask = scenario.shock_mask
     random_start = cfg.random_start or cfg.objective == "action"
@@ -201,7 +202,7 @@ def compute_shock(scenario, state: dict, obs: torch.Tensor, policy: Policy, cfg:
                              f"got {tuple(delta.shape)}")
         delta = delta[:, 0] if cfg.mode == "shared" else delta
     elif not cfg.keeps_best:  # the plain K-step PGA of the training rollouts
-        trajectory = pga(objective, shape, cfg.eps, cfg.norm, cfg.steps, cfg.step_size, mask, random_start,
+        trajectory = pga(objective_of(1), shape, cfg.eps, cfg.norm, cfg.steps, cfg.step_size, mask, random_start,
                          generator, rule=cfg.rule, **options)
         delta = trajectory.deltas[-1]
     else:
@@ -209,7 +210,7 @@ def compute_shock(scenario, state: dict, obs: torch.Tensor, policy: Policy, cfg:
                                     cfg.restarts + int(random_start and cfg.restarts == 0), generator,
                                     zero_start=not random_start, **options)
         if cfg.objective == "random_search":
-            attack, won = random_search(objective, attack, cfg.eps, cfg.norm, cfg.candidates, mask, generator,
+            attack, won = random_search(objective_of(1), attack, cfg.eps, cfg.norm, cfg.candidates, mask, generator,
                                         objective_of)
             extra["shock/search_wins"] = won.reshape(batch, -1).to(obs.dtype).mean(-1)
         delta = attack.delta
@@ -226,7 +227,7 @@ def compute_shock(scenario, state: dict, obs: torch.Tensor, policy: Policy, cfg:
                            0.0)
     else:
         with torch.no_grad():
-            gain = objective(delta) - objective(torch.zeros_like(delta))
+            gain = objective_of(1)(delta) - objective_of(1)(torch.zeros_like(delta))
     per_agent = delta if cfg.mode == "per_agent" else delta.unsqueeze(1)
     size = per_agent.abs().amax(-1) if cfg.norm == "linf" else per_agent.norm(dim=-1)
     info = {"shock/norm": size.amax(-1), "shock/budget_use": budget_use(per_agent, cfg.eps, cfg.norm).amax(-1),
