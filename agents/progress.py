@@ -29,7 +29,8 @@ from rich.progress import (
 PLAIN_INTERVAL_S = 60.0
 
 
-def progress_bar(disable: bool = False, stderr: bool = False, plain: bool | None = None) -> Progress:
+def progress_bar(disable: bool = False, stderr: bool = False, plain: bool | None = None,
+                 speed_estimate_period: float = 30.0) -> Progress:
     """A rich ``Progress``: description, bar, done/total, elapsed, remaining, and each task's ``status``
     field (``bar.add_task(description, total=..., status="")``).
 
@@ -37,14 +38,18 @@ def progress_bar(disable: bool = False, stderr: bool = False, plain: bool | None
     :param stderr: draw on stderr instead of stdout.
     :param plain: plain log lines instead of a live bar (``PlainProgress``); None: when the stream is not
         a terminal (rich's test, so ``FORCE_TERMINAL`` and ``TTY_COMPATIBLE`` apply) nor a notebook.
+    :param speed_estimate_period: seconds of progress the remaining time is estimated from (rich's; with
+        fewer than two updates in it the remaining time is unknown): raise it for tasks whose steps take
+        minutes, such as a benchmark's cells.
     """
     console = Console(stderr=True) if stderr else Console()
     if plain is None:
         plain = not console.is_terminal and not console.is_jupyter
     if plain and not disable:
-        return PlainProgress(console)
+        return PlainProgress(console, speed_estimate_period=speed_estimate_period)
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), TextColumn("{task.fields[status]}"), disable=disable, console=console)
+                    TimeRemainingColumn(), TextColumn("{task.fields[status]}"), disable=disable, console=console,
+                    speed_estimate_period=speed_estimate_period)
 
 
 def _clock(seconds: float | None) -> str:
@@ -60,8 +65,10 @@ class PlainProgress(Progress):
     :param interval_s: longest time between two lines of a task that is advancing.
     """
 
-    def __init__(self, console: Console, interval_s: float = PLAIN_INTERVAL_S) -> None:
-        super().__init__(TextColumn("{task.description}"), console=console, disable=True)
+    def __init__(self, console: Console, interval_s: float = PLAIN_INTERVAL_S, speed_estimate_period: float = 30.0
+                 ) -> None:
+        super().__init__(TextColumn("{task.description}"), console=console, disable=True,
+                         speed_estimate_period=speed_estimate_period)
         self.interval_s = interval_s
         self._last: dict[TaskID, tuple[int, float, float | None]] = {}  # tenth, time, completed of the last line
 
@@ -71,6 +78,10 @@ class PlainProgress(Progress):
                                    **fields)
         self._emit(task_id)
         return task_id
+
+    def reset(self, task_id: TaskID, **kwargs: Any) -> None:
+        super().reset(task_id, **kwargs)
+        self._emit(task_id)
 
     def update(self, task_id: TaskID, **kwargs: Any) -> None:
         super().update(task_id, **kwargs)

@@ -18,6 +18,7 @@ from robustness.export import FORMATS
 from robustness.runner import BACKENDS, PRESETS, BenchmarkConfig, parse_sweep, run_grid
 
 DEFAULT_OUT = pathlib.Path("runs") / "benchmark"  # runs/ is ignored by git; results/ holds committed results
+CELLS_SPEED_PERIOD_S = 7 * 24 * 3600.0  # the remaining time from the pace of every cell finished in this call
 DESCRIPTION = """Robustness benchmark: train every (scenario, method, lambda, seed) cell of a grid, attack it,
 diagnose it, and report IQMs with bootstrap confidence intervals.
 
@@ -119,11 +120,14 @@ def main(argv: list[str] | None = None) -> int:
             check_report_dependencies()
         out = args.out or DEFAULT_OUT / args.preset
         command = "python " + " ".join(shlex.quote(arg) for arg in ["benchmark.py", *(argv or sys.argv[1:])])
-        with progress_bar() as bar:
+        with progress_bar(speed_estimate_period=CELLS_SPEED_PERIOD_S) as bar:
             task = bar.add_task(f"benchmark {args.preset}", total=None, status="")
 
             def progress(finished: int, total: int, cell: str) -> None:
-                bar.update(task, completed=finished, total=total, status=cell and f"done: {cell}")
+                if not cell:  # the start: the cells already done (a resumed grid) do not count towards the pace
+                    bar.reset(task, total=total, completed=finished, status="")
+                else:
+                    bar.update(task, completed=finished, total=total, status=f"done: {cell}")
 
             run_grid(config, out, args.backend, args.jobs, args.address, command, args.preset, progress,
                      population_size=args.population_size)

@@ -156,3 +156,26 @@ def test_a_piped_training_prints_a_plain_line_per_tenth(tmp_path):
         assert "return" in line.group(4) and "loss/step" in line.group(4) and "agent-steps/s" in line.group(4)
         assert "agent-steps |" in line.group(4)
     assert "\x1b[" not in result.stdout  # no terminal control sequences in a log file
+
+
+def test_benchmark_progress_estimates_the_time_left_from_this_calls_cells(monkeypatch, capsys, tmp_path):
+    """Cells take minutes: the remaining time comes from the pace of the cells finished in this call (rich's
+    default 30 s window would leave it unknown), and the cells a resumed grid already holds do not count."""
+    import rich.console
+
+    from robustness import cli as benchmark_cli
+
+    clock = [1000.0]
+    monkeypatch.setattr(rich.console, "monotonic", lambda: clock[0])
+
+    def fake_grid(config, out, backend, jobs, address, command, preset, progress, population_size=0):
+        progress(5, 10, "")  # five cells done before this call
+        for finished, name in ((6, "a"), (7, "b")):  # ten minutes a cell
+            clock[0] += 600.0
+            progress(finished, 10, name)
+
+    monkeypatch.setattr(benchmark_cli, "run_grid", fake_grid)
+    assert benchmark_cli.main(["--preset", "smoke", "--no-report", "--out", str(tmp_path / "grid")]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("benchmark smoke ")]
+    assert lines[-2].startswith("benchmark smoke 6/10 (60%) | done: a | elapsed 0:10:00")
+    assert lines[-1] == "benchmark smoke 7/10 (70%) | done: b | elapsed 0:20:00 left 0:30:00"  # 3 cells x 10 min
