@@ -226,3 +226,28 @@ def test_compute_shock_batches_pgds_runs_without_changing_the_shock(name, mode, 
         for key in run_info:
             torch.testing.assert_close(batched_info[key].double(), run_info[key].double(), rtol=1e-9, atol=1e-12)
         assert float(batched_info["shock/budget_use"].max()) > 0.5  # the attack moved: the comparison has content
+
+
+@pytest.mark.parametrize("objective", ["system", "rollout"])
+def test_compute_shock_builds_each_objective_once(objective, monkeypatch):
+    """Building an objective costs a nominal policy pass (and, for ``rollout``, a copy of the generator's
+    state): a zero-start batched PGD builds only its copies' objective, and random search reuses the
+    single-copy one it builds for its candidates' comparison and the gain."""
+    import envs.shock_wrapper as shock_wrapper
+    from envs.shock_wrapper import ShockConfig, compute_shock
+
+    scenario, policy, state, obs, generator = setup("routing")
+    built = []
+    for name in ("system_objective", "rollout_objective"):
+        original = getattr(shock_wrapper, name)
+
+        def counting(*args, _original=original, _name=name, **kwargs):
+            built.append((_name, len(args[2])))  # which objective, over how many rows of observations
+            return _original(*args, **kwargs)
+        monkeypatch.setattr(shock_wrapper, name, counting)
+    for attack, expected in ((objective, 1), ("random_search", 3)):
+        built.clear()
+        config = ShockConfig(eps=0.3, steps=2, objective=attack, mode="shared", rule="normalized", best_iterate=True,
+                             restarts=2, candidates=4, horizon=2)
+        compute_shock(scenario, state, obs, policy, config, envs.make_generator(1), env_generator=generator)
+        assert len(built) == expected, (attack, built)
