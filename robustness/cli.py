@@ -124,8 +124,9 @@ def main(argv: list[str] | None = None) -> int:
             task = bar.add_task(f"benchmark {args.preset}", total=None, status="")
 
             def progress(finished: int, total: int, cell: str) -> None:
-                if not cell:  # the start: the cells already done (a resumed grid) do not count towards the pace
+                if not cell:  # the start: the pace counts from now, and the cells of a resumed grid not at all
                     bar.reset(task, total=total, completed=finished, status="")
+                    bar.advance(task, 0)  # rich's first sample anchors the pace (reset leaves none)
                 else:
                     bar.update(task, completed=finished, total=total, status=f"done: {cell}")
 

@@ -158,24 +158,34 @@ def test_a_piped_training_prints_a_plain_line_per_tenth(tmp_path):
     assert "\x1b[" not in result.stdout  # no terminal control sequences in a log file
 
 
-def test_benchmark_progress_estimates_the_time_left_from_this_calls_cells(monkeypatch, capsys, tmp_path):
-    """Cells take minutes: the remaining time comes from the pace of the cells finished in this call (rich's
-    default 30 s window would leave it unknown), and the cells a resumed grid already holds do not count."""
+@pytest.mark.parametrize("finish_times, lines_expected", [
+    ((600.0, 600.0), ("benchmark smoke 6/10 (60%) | done: c1 | elapsed 0:10:00 left 0:40:00",  # 4 cells x 10 min
+                      "benchmark smoke 7/10 (70%) | done: c2 | elapsed 0:20:00 left 0:30:00")),
+    ((3600.0, 1.0), ("benchmark smoke 6/10 (60%) | done: c1 | elapsed 1:00:00 left 4:00:00",  # two jobs: 2 cells
+                     "benchmark smoke 7/10 (70%) | done: c2 | elapsed 1:00:01 left 1:30:02")),  # in 3601 s
+])
+def test_benchmark_progress_estimates_the_time_left_from_this_calls_cells(finish_times, lines_expected, monkeypatch,
+                                                                          capsys, tmp_path):
+    """Cells take minutes: the time left comes from the pace of the cells finished in this call, counted from
+    its start (rich's default 30 s window would leave it unknown; a pace counted from the first finished cell
+    would make two parallel jobs' nearly simultaneous cells look seconds apart), and the cells a resumed grid
+    already holds do not count."""
     import rich.console
 
     from robustness import cli as benchmark_cli
 
+    for name in ("FORCE_TERMINAL", "TTY_COMPATIBLE"):
+        monkeypatch.delenv(name, raising=False)
     clock = [1000.0]
     monkeypatch.setattr(rich.console, "monotonic", lambda: clock[0])
 
     def fake_grid(config, out, backend, jobs, address, command, preset, progress, population_size=0):
         progress(5, 10, "")  # five cells done before this call
-        for finished, name in ((6, "a"), (7, "b")):  # ten minutes a cell
-            clock[0] += 600.0
-            progress(finished, 10, name)
+        for finished, seconds in zip((6, 7), finish_times):
+            clock[0] += seconds
+            progress(finished, 10, f"c{finished - 5}")
 
     monkeypatch.setattr(benchmark_cli, "run_grid", fake_grid)
     assert benchmark_cli.main(["--preset", "smoke", "--no-report", "--out", str(tmp_path / "grid")]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("benchmark smoke ")]
-    assert lines[-2].startswith("benchmark smoke 6/10 (60%) | done: a | elapsed 0:10:00")
-    assert lines[-1] == "benchmark smoke 7/10 (70%) | done: b | elapsed 0:20:00 left 0:30:00"  # 3 cells x 10 min
+    assert tuple(lines[-2:]) == lines_expected
