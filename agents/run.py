@@ -41,6 +41,7 @@ from typing import Any, Callable, NamedTuple
 import torch
 import yaml
 
+from agents.code_version import code_version
 from agents.config import ConfigError, TrainConfig, config_errors, device_kind, load_yaml, resolve, to_dict
 from agents.evaluate import TARGET_REFERENCE, summarise
 from agents.learner import LEGACY_NAMES, PPOLearner
@@ -432,11 +433,13 @@ def train(config: TrainConfig, run_dir: pathlib.Path | str, resume: bool = False
 
 def write_summary(learner, config: TrainConfig, run_dir: pathlib.Path, metrics: dict[str, float]) -> dict[str, Any]:
     """The finished run's ``summary.json`` (``summarise`` of ``learner``, anything with its ``policy``, ``env``
-    and counters, plus the last iteration's ``metrics``) and ``learning_curve.png``; returns the summary."""
+    and counters, plus the last iteration's ``metrics``, and the ``code_version``) and ``learning_curve.png``;
+    returns the summary."""
     summary = summarise(learner, config)
     summary["final_training"] = {key: value for key, value in metrics.items()
                                  if key.startswith("charts/") and key != "charts/SPS"}  # the numbers that repeat
     summary["learning_curve"] = write_learning_curve(run_dir)
+    summary["code"] = code_version()
     text = json.dumps(summary, indent=2)
     atomic_write(run_dir / SUMMARY, lambda tmp: tmp.write_text(text))
     return summary

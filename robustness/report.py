@@ -38,7 +38,8 @@ runner) and writes into ``RESULTS_DIR/report/``:
 * ``robustness_<scenario>_<attack>_<mode>.png`` (return vs eps, CI bands), ``pareto_<scenario>.png``
   (nominal vs robust return, one panel per eps: per-seed points and a line per method across its
   settings), ``amplification_<scenario>.png`` (``||J u||`` vs ``||J P||_2`` per cell, y = x line);
-* ``index.md``: links to everything, the figures with their captions, and the provenance.
+* ``index.md``: links to everything, the figures with their captions, how much of the grid the results
+  hold, which code versions made the cells (``code`` in each cell file), and the provenance.
 
 CSV tables are long ("tidy"): the key columns, then ``quantity, iqm, ci_low, ci_high, n`` (n = seeds
 pooled). Provenance: every Markdown file ends with a footer giving the benchmark command, its
@@ -931,7 +932,7 @@ def write_report(results_dir: str | pathlib.Path, reps: int = REPS, attack: str 
                f"All scenarios x seeds, {attack} attack ({mode} shock), one panel per ε: fraction of runs whose "
                "normalised score (1 = the scenario's reference) exceeds τ, with 95% CI bands; higher and further "
                "right is better.")
-    notes = [completeness_note(provenance.grid, evals)]
+    notes = [completeness_note(provenance.grid, evals), code_note(results_dir)]
     curves, column = learning_curves(results_dir)
     for scenario in unique(key[0] for key in curves):
         figure(scenario, learning_curve_figure(curves, labels, scenario, column), f"learning_curves_{scenario}.png",
@@ -963,6 +964,26 @@ def completeness_note(grid: Any, evals: list[dict[str, Any]]) -> str:
             f"setting: {', '.join(map(str, whole)) or 'none'}" + (f"; begun: {', '.join(map(str, started))}"
                                                                  if started else "")
             + (f"; {extra} cell(s) outside run.json's grid" if extra else "") + ".")
+
+
+def code_note(results_dir: pathlib.Path) -> str:
+    """Which code version (``agents.code_version``) made the cells under ``results_dir/cells``, and how many
+    cells each; cells from before cells recorded it are counted as not recording one."""
+    versions: dict[str, int] = {}
+    for path in sorted((results_dir / "cells").glob("*.json")):
+        try:
+            version = json.loads(path.read_text()).get("code") or "not recorded"
+        except (OSError, ValueError, AttributeError):
+            version = "unreadable"
+        versions[version] = versions.get(version, 0) + 1
+    if not versions:
+        return "Code: no cell files under cells/ to say which code made the results."
+    words = {"not recorded": "without a record (made before cells recorded their code)",
+             "unreadable": "whose file cannot be read"}
+    parts = [f"{count} cell(s) {words.get(version, f'made with `{version}`')}"
+             for version, count in sorted(versions.items(), key=lambda item: -item[1])]
+    mixed = " (more than one code version: compare them before pooling)" if len(versions) > 1 else ""
+    return "Code: " + "; ".join(parts) + mixed + "."
 
 
 def write_index(out: pathlib.Path, provenance: Provenance, figures: list[tuple[str, pathlib.Path, str]],

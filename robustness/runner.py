@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
+from agents.code_version import code_version
 from agents.config import SIZES, ConfigError, TrainConfig, device_kind, to_dict as config_to_dict, check_run_seed, config_errors, parse_overrides, resolve
 from agents.population_run import population_methods, train_population
 from agents.run import (CHECKPOINT, CONFIG, SUMMARY, atomic_write, atomic_write_csv, check_device, load_checkpoint,
@@ -305,7 +306,8 @@ def run_cell(cell: Cell, config: BenchmarkConfig, results_dir: pathlib.Path | st
     result = {"cell": dataclasses.asdict(cell), "evaluations": evaluations, "diagnostics": diagnostics,
               "step_sizes": step_sizes,
               "training": {"ratio_to_reference": summary["ratio_to_reference"],
-                           "agent_steps": summary["agent_steps"]}}
+                           "agent_steps": summary["agent_steps"]},
+              "code": code_version()}
     out.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(result, indent=1)
     atomic_write(out, lambda tmp: tmp.write_text(text))
