@@ -35,6 +35,7 @@ from agents.learner import PPOLearner
 from agents.policy import make_policy
 from agents.population import member_metrics
 from agents.progress import progress_bar
+from agents.code_version import code_version
 from agents.run import (CHECKPOINT, SUMMARY, MetricsLog, PeriodicEvaluation, StopRequest, check_device,
                         check_new_run_dir, check_tracking, create_run, load_checkpoint, read_metrics, read_summary,
                         restore, start_tracking, train, write_checkpoint, write_summary)
@@ -195,6 +196,7 @@ def train_population(configs: list[TrainConfig], run_dirs: list[pathlib.Path | s
     ``max_iterations`` more iterations); returns each member's summary, None for a member stopped
     early (Ctrl-C, or a non-finite loss). ``resume=True`` continues from the members' checkpoints (all at
     one iteration); finished members' files are left as they are."""
+    code_version()  # read now, while the checkout still holds the code this process imported
     run_dirs = [pathlib.Path(run_dir) for run_dir in run_dirs]
     if len(run_dirs) != len(configs):
         raise ConfigError(f"{len(configs)} population members but {len(run_dirs)} run directories")

@@ -402,6 +402,7 @@ def train(config: TrainConfig, run_dir: pathlib.Path | str, resume: bool = False
     finished run returns its ``summary.json`` unchanged. Every file the run reads is checked (one-line
     ``ConfigError``) before anything is written.
     """
+    code_version()  # read now, while the checkout still holds the code this process imported
     run_dir = pathlib.Path(run_dir)
     check_device(config.device)
     check_tracking(config)
@@ -433,7 +434,8 @@ def train(config: TrainConfig, run_dir: pathlib.Path | str, resume: bool = False
 
 def write_summary(learner, config: TrainConfig, run_dir: pathlib.Path, metrics: dict[str, float]) -> dict[str, Any]:
     """The finished run's ``summary.json`` (``summarise`` of ``learner``, anything with its ``policy``, ``env``
-    and counters, plus the last iteration's ``metrics``, and the ``code_version``) and ``learning_curve.png``;
+    and counters, plus the last iteration's ``metrics``, and ``code_version()``, the code that
+    this process runs) and ``learning_curve.png``;
     returns the summary."""
     summary = summarise(learner, config)
     summary["final_training"] = {key: value for key, value in metrics.items()

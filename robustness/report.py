@@ -89,6 +89,7 @@ DIAGNOSTICS = ("jvp_norm_mean", "global_norm_mean", "global_norm_all_mean",
                "curvature_min", "curvature_max", "l_eff_median", "nonmonotone_rate", "eval_states")
 TEXT_COLUMNS = ("scenario", "method", "attack", "mode", "worst_attack")
 HEADLINE_ATTACK = "worst"
+NOT_RECORDED, UNREADABLE = "not recorded", "unreadable"  # code_note's cells without a code version
 INTEGER_COLUMNS = ("seed", "ratio_higher_is_better", "eval_states")
 BASELINE = "ppo"
 FOCUS = "aajr"  # the method compared with each global one at matched robustness
@@ -941,6 +942,12 @@ def write_report(results_dir: str | pathlib.Path, reps: int = REPS, attack: str 
     if not curves:
         notes.append("Learning curves: not drawn, no run directory with a metrics.csv under runs/ (committed results "
                      "keep only cells/ and the CSVs; rerun the grid to get them).")
+    else:
+        drawn = sum(len(runs) for runs in curves.values())
+        total = len(list((results_dir / "cells").glob("*.json")))
+        if drawn < total:
+            notes.append(f"Learning curves: drawn from {drawn} of the {total} cells, those with a metrics.csv under "
+                         "runs/; the others' run directories are not here, so their IQMs cover fewer seeds.")
     written.append(write_index(out, provenance, figures, notes, tables={path.stem for path in written
                                                                          if path.suffix == ".md"}))
     return written
@@ -967,22 +974,23 @@ def completeness_note(grid: Any, evals: list[dict[str, Any]]) -> str:
 
 
 def code_note(results_dir: pathlib.Path) -> str:
-    """Which code version (``agents.code_version``) made the cells under ``results_dir/cells``, and how many
-    cells each; cells from before cells recorded it are counted as not recording one."""
+    """Which code versions (``agents.code_version``) made the cells under ``results_dir/cells``, and how many
+    cells each; cells made by code that did not record its version are counted apart."""
     versions: dict[str, int] = {}
     for path in sorted((results_dir / "cells").glob("*.json")):
         try:
-            version = json.loads(path.read_text()).get("code") or "not recorded"
+            version = json.loads(path.read_text()).get("code") or NOT_RECORDED
         except (OSError, ValueError, AttributeError):
-            version = "unreadable"
+            version = UNREADABLE
         versions[version] = versions.get(version, 0) + 1
     if not versions:
         return "Code: no cell files under cells/ to say which code made the results."
-    words = {"not recorded": "without a record (made before cells recorded their code)",
-             "unreadable": "whose file cannot be read"}
+    words = {NOT_RECORDED: "without a record (made by code that does not record its version)",
+             UNREADABLE: "whose file cannot be read"}
     parts = [f"{count} cell(s) {words.get(version, f'made with `{version}`')}"
              for version, count in sorted(versions.items(), key=lambda item: -item[1])]
-    mixed = " (more than one code version: compare them before pooling)" if len(versions) > 1 else ""
+    recorded = [version for version in versions if version not in words]
+    mixed = " (more than one code version: compare them before pooling)" if len(recorded) > 1 else ""
     return "Code: " + "; ".join(parts) + mixed + "."
 
 

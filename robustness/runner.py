@@ -1,6 +1,7 @@
 """The benchmark grid: scenarios x methods x lambda x seeds, each cell trained, attacked and diagnosed.
 
-A cell's work (``run_cell``) is a pure function of the cell and the benchmark config: it trains with
+A cell's work (``run_cell``) is a pure function of the cell and the benchmark config (and it records
+the ``agents.code_version`` of the code that did it): it trains with
 ``agents.run.train`` in the run directory ``RESULTS/runs/<cell>`` (resuming from the cell's checkpoint when a
 previous attempt crashed), evaluates the trained policy under the attack grid, computes the theory
 diagnostics, and writes ``RESULTS/cells/<cell>.json`` atomically. A cell whose JSON exists is done
@@ -277,6 +278,7 @@ def training_fields(config: TrainConfig) -> dict[str, Any]:
 def run_cell(cell: Cell, config: BenchmarkConfig, results_dir: pathlib.Path | str) -> dict[str, Any]:
     """Train (or resume), evaluate and diagnose one cell; writes and returns its result."""
     torch.set_num_threads(1)
+    code = code_version()  # the code this process imported (a worker reads it when it starts its first cell)
     results_dir = pathlib.Path(results_dir)
     out = results_dir / "cells" / f"{cell.name}.json"
     if out.exists():
@@ -307,7 +309,7 @@ def run_cell(cell: Cell, config: BenchmarkConfig, results_dir: pathlib.Path | st
               "step_sizes": step_sizes,
               "training": {"ratio_to_reference": summary["ratio_to_reference"],
                            "agent_steps": summary["agent_steps"]},
-              "code": code_version()}
+              "code": code}
     out.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(result, indent=1)
     atomic_write(out, lambda tmp: tmp.write_text(text))
@@ -433,6 +435,7 @@ def run_grid(config: BenchmarkConfig, results_dir: pathlib.Path, backend: str = 
     if jobs < 1:
         raise ConfigError(f"jobs must be >= 1, got {jobs}")
     check_grid(config)
+    code_version()  # read before the run, while the checkout holds the code it imports
     results_dir = pathlib.Path(results_dir)
     record = {"command": command, "preset": preset, "config": config.to_dict()}
     run_file = results_dir / "run.json"

@@ -104,13 +104,18 @@ def test_grid_results_hold_the_nominal_row_at_eps_zero_and_refuse_another_grid(t
         assert (run_dir / "adversaries" / "shared-l2-eps0.2.pt").is_file()  # saved beside the victim, reused
         assert result["diagnostics"]["eval_states"] == 8
         assert result["diagnostics"]["jvp_norm_mean"] > 0
-        assert result["code"] == code_version() and json.loads((run_dir / "summary.json").read_text())["code"] == code_version()
+        assert result["code"] == code_version()
+        assert json.loads((run_dir / "summary.json").read_text())["code"] == code_version()
     lines = (tmp_path / "evaluations.csv").read_text().splitlines()
     assert len(lines) == 1 + 3 * 13  # header + 3 cells x (none + 5 attacks x 2 eps + worst x 2 eps)
     assert json.loads((tmp_path / "run.json").read_text())["command"] == "pytest"
     paths = write_report(tmp_path, reps=200)
     assert (tmp_path / "report" / "index.md") in paths and all(path.exists() for path in paths)
-    assert f"Code: 3 cell(s) made with `{code_version()}`." in (tmp_path / "report" / "index.md").read_text()
+    index = (tmp_path / "report" / "index.md").read_text()
+    assert f"Code: 3 cell(s) made with `{code_version()}`." in index and "Learning curves: drawn" not in index
+    (tmp_path / "runs" / "routing-adv-lam0-seed0" / "metrics.csv").unlink()  # e.g. cells copied without runs/
+    write_report(tmp_path, reps=200)
+    assert "Learning curves: drawn from 2 of the 3 cells" in (tmp_path / "report" / "index.md").read_text()
     with (tmp_path / "report" / "robustness.csv").open() as f:
         table = [row for row in csv.DictReader(f) if row["quantity"] == "return_per_agent"]
     for row in table:  # one seed: the IQM is the value, its CI the point, and eps 0 the nominal return
