@@ -70,6 +70,20 @@ def _weight_grad(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> t
     return grad.reshape(-1, grad.shape[-1]).mT @ x.reshape(-1, x.shape[-1])
 
 
+def _cached_forward_signature(function: type[torch.autograd.Function]) -> type[torch.autograd.Function]:
+    """Class decorator: give the Function's static ``forward`` a precomputed ``__signature__``.
+
+    ``Function.apply`` binds its arguments with ``inspect.signature(cls.forward)`` on every call when the
+    Function defines ``setup_context``, and ``inspect.signature`` builds the signature anew each time
+    unless the function carries ``__signature__`` (the saving: README, performance). Same arguments, same
+    numbers."""
+    if not isinstance(function.__dict__.get("forward"), staticmethod):
+        raise TypeError(f"{function.__name__}.forward must be a staticmethod")
+    function.forward.__signature__ = inspect.signature(function.forward)
+    return function
+
+
+@_cached_forward_signature
 class _Dense(torch.autograd.Function):
     """``y = tanh(x W^T + b)`` (``tanh=True``) or ``y = x W^T + b``; ``bias`` may be None."""
 
@@ -120,6 +134,7 @@ class _Dense(torch.autograd.Function):
         return q if y is None else torch.ops.aten.tanh_backward(q, y)
 
 
+@_cached_forward_signature
 class _TanhTangent(torch.autograd.Function):
     """``(t, q)``: the tangent ``t = (1 - y^2) * q`` of a tanh layer and ``q = x_t W^T``. ``q`` is an
     output only so that the backward can use it as a saved output (double backward then differentiates
@@ -170,17 +185,7 @@ class _TanhTangent(torch.autograd.Function):
         return t_dot, q_dot
 
 
-def cache_forward_signature(function: type[torch.autograd.Function]) -> None:
-    """Give ``function.forward`` a precomputed ``__signature__``. ``Function.apply`` binds its arguments
-    with ``inspect.signature(cls.forward)`` on every call when ``setup_context`` is defined, which
-    ``inspect.signature`` builds anew each time unless the function carries ``__signature__``: about 7% of
-    a PGD step's time on 64 states, the evaluation attacks' batch (``bench/function_apply.py``). Same
-    arguments, same numbers."""
-    function.forward.__signature__ = inspect.signature(function.forward)
-
-
-for _function in (_Dense, _TanhTangent):
-    cache_forward_signature(_function)
+FUNCTIONS = (_Dense, _TanhTangent)  # the layers' autograd Functions
 
 
 class StackedMLP(nn.Module):

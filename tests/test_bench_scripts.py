@@ -44,7 +44,9 @@ def test_batched_attack_benchmark_prints_a_row_per_attack_with_equal_returns():
 
 
 def test_signature_cache_benchmark_prints_three_computations_with_equal_outputs():
-    result = run_script("bench/function_apply.py", "--scenario", "routing", "--rounds", "1", "--calls", "1")
+    result = run_script("bench/function_apply.py", "--scenario", "routing", "--size", "small", "--rounds", "2",
+                        "--calls", "1")
     assert result.returncode == 0, result.stderr  # 1 if the outputs with and without the cache differ
-    rows = [line.split() for line in result.stdout.splitlines() if line.startswith("routing")]
-    assert [row[1] for row in rows] == ["attack", "penalty", "ppo"] and all(float(row[-1]) > 0 for row in rows)
+    rows = [line.split("|") for line in result.stdout.splitlines() if line.startswith("| routing |")]
+    assert [row[2].strip() for row in rows] == ["attack step", "penalty", "ppo loss"], result.stdout
+    assert all(float(row[-2].strip().rstrip("x")) > 0 for row in rows)

@@ -190,3 +190,29 @@ def test_cuda_matches_cpu(share, n):
         outputs.append([t.cpu() for t in (moved(x.to(device)), tangent, *grads)])
     for a, b in zip(*outputs):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_the_layers_carry_their_forward_signature_as_inspect_computes_it():
+    """Function.apply binds arguments with inspect.signature(cls.forward): the precomputed signature is
+    the one inspect returns, and equal to a freshly computed one; a Function whose forward is not a
+    staticmethod is refused."""
+    import inspect
+
+    from agents.networks import FUNCTIONS, _cached_forward_signature
+
+    assert set(FUNCTIONS) == {_Dense, _TanhTangent}
+    for function in FUNCTIONS:
+        cached = function.forward.__signature__
+        assert inspect.signature(function.forward) is cached
+        del function.forward.__signature__
+        try:
+            assert inspect.signature(function.forward) == cached
+        finally:
+            function.forward.__signature__ = cached
+
+    class Plain(torch.autograd.Function):
+        def forward(ctx, x):  # not a staticmethod
+            return x
+
+    with pytest.raises(TypeError, match="Plain.forward must be a staticmethod"):
+        _cached_forward_signature(Plain)
