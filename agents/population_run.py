@@ -30,12 +30,12 @@ from typing import Any
 
 import torch
 
+from agents.code_version import code_version
 from agents.config import ConfigError, TrainConfig, config_errors, to_dict
 from agents.learner import PPOLearner
 from agents.policy import make_policy
 from agents.population import member_metrics
 from agents.progress import progress_bar
-from agents.code_version import code_version
 from agents.run import (CHECKPOINT, SUMMARY, MetricsLog, PeriodicEvaluation, StopRequest, check_device,
                         check_new_run_dir, check_tracking, create_run, load_checkpoint, read_metrics, read_summary,
                         restore, start_tracking, train, write_checkpoint, write_summary)

@@ -434,9 +434,8 @@ def train(config: TrainConfig, run_dir: pathlib.Path | str, resume: bool = False
 
 def write_summary(learner, config: TrainConfig, run_dir: pathlib.Path, metrics: dict[str, float]) -> dict[str, Any]:
     """The finished run's ``summary.json`` (``summarise`` of ``learner``, anything with its ``policy``, ``env``
-    and counters, plus the last iteration's ``metrics``, and ``code_version()``, the code that
-    this process runs) and ``learning_curve.png``;
-    returns the summary."""
+    and counters, plus the last iteration's ``metrics`` and ``code_version()``, the code this process
+    runs) and ``learning_curve.png``; returns the summary."""
     summary = summarise(learner, config)
     summary["final_training"] = {key: value for key, value in metrics.items()
                                  if key.startswith("charts/") and key != "charts/SPS"}  # the numbers that repeat
