@@ -85,15 +85,18 @@ def main() -> int:
                 x = states.clone().requires_grad_(True)
                 return torch.autograd.grad(policy.deterministic_action(x).square().sum(), x)[0]
 
-            def penalty() -> torch.Tensor:
+            def parameter_gradient(objective) -> torch.Tensor:
+                """The flattened gradient of ``objective()`` in the policy's parameters."""
                 policy.zero_grad(set_to_none=True)
-                jvp_norms(policy.deterministic_action, points, directions).square().mean().backward()
+                objective().backward()
                 return torch.cat([p.grad.flatten() for p in policy.parameters() if p.grad is not None])
 
+            def penalty() -> torch.Tensor:
+                return parameter_gradient(
+                    lambda: jvp_norms(policy.deterministic_action, points, directions).square().mean())
+
             def loss() -> torch.Tensor:
-                policy.zero_grad(set_to_none=True)
-                ppo_loss(policy, minibatch, cfg)[0].backward()
-                return torch.cat([p.grad.flatten() for p in policy.parameters() if p.grad is not None])
+                return parameter_gradient(lambda: ppo_loss(policy, minibatch, cfg)[0])
 
             for label, work, rows in (("attack step", attack_step, "64"), ("penalty", penalty, f"{steps} x {size}"),
                                       ("ppo loss", loss, str(size))):
