@@ -811,15 +811,30 @@ LEARNING_CURVE_COLUMNS = ("eval/return_per_agent", "charts/episodic_return")
 CURVE_POINTS = 50
 
 
-def learning_curves(results_dir: pathlib.Path) -> tuple[dict[tuple, dict[int, tuple]], str | None]:
+def read_cells(results_dir: pathlib.Path) -> dict[str, dict[str, Any] | None]:
+    """The cell files ``results_dir/cells/*.json``, read once: ``{cell name: its content, or None when the
+    file cannot be read or is not a JSON object}``, in name order."""
+    cells: dict[str, dict[str, Any] | None] = {}
+    for path in sorted((pathlib.Path(results_dir) / "cells").glob("*.json")):
+        try:
+            content = json.loads(path.read_text())
+        except (OSError, ValueError):
+            content = None
+        cells[path.stem] = content if isinstance(content, dict) else None
+    return cells
+
+
+def learning_curves(results_dir: pathlib.Path, cells: dict[str, dict[str, Any] | None] | None = None
+                    ) -> tuple[dict[tuple, dict[int, tuple]], str | None]:
     """Per (scenario, method, reg_coef, budget): ``{seed: (agent_steps, return)}`` from the run directories
-    named in ``cells/*.json``, and the column used: the periodic evaluation's ``eval/return_per_agent``
-    when every run has it, else the training ``charts/episodic_return``. Empty when no run has metrics."""
+    of the readable cells (``cells``: ``read_cells(results_dir)``, read here when None), and the column used:
+    the periodic evaluation's ``eval/return_per_agent`` when every run has it, else the training
+    ``charts/episodic_return``. Empty when no run has metrics."""
     frames = {}
-    for path in sorted((results_dir / "cells").glob("*.json")):
-        metrics_csv = results_dir / "runs" / path.stem / "metrics.csv"
-        if metrics_csv.is_file():
-            cell = json.loads(path.read_text())["cell"]
+    for name, content in (read_cells(results_dir) if cells is None else cells).items():
+        metrics_csv = pathlib.Path(results_dir) / "runs" / name / "metrics.csv"
+        if content is not None and "cell" in content and metrics_csv.is_file():
+            cell = content["cell"]
             key = (cell["scenario"], cell["method"], float(cell["reg_coef"]), float(cell.get("budget", 0.0)))
             frames[(key, int(cell["seed"]))] = pd.read_csv(metrics_csv)
     column = next((c for c in LEARNING_CURVE_COLUMNS
@@ -933,8 +948,9 @@ def write_report(results_dir: str | pathlib.Path, reps: int = REPS, attack: str 
                f"All scenarios x seeds, {attack} attack ({mode} shock), one panel per ε: fraction of runs whose "
                "normalised score (1 = the scenario's reference) exceeds τ, with 95% CI bands; higher and further "
                "right is better.")
-    notes = [completeness_note(provenance.grid, evals), code_note(results_dir)]
-    curves, column = learning_curves(results_dir)
+    cells = read_cells(results_dir)
+    notes = [completeness_note(provenance.grid, evals), code_note(cells)]
+    curves, column = learning_curves(results_dir, cells)
     for scenario in unique(key[0] for key in curves):
         figure(scenario, learning_curve_figure(curves, labels, scenario, column), f"learning_curves_{scenario}.png",
                f"{scenario}: {column} against agent-steps during training, IQM over seeds per method (band: the "
@@ -944,7 +960,7 @@ def write_report(results_dir: str | pathlib.Path, reps: int = REPS, attack: str 
                      "keep only cells/ and the CSVs; rerun the grid to get them).")
     else:
         drawn = sum(len(runs) for runs in curves.values())
-        total = len(list((results_dir / "cells").glob("*.json")))
+        total = len(cells)
         if drawn < total:
             notes.append(f"Learning curves: drawn from {drawn} of the {total} cells, those with a metrics.csv under "
                          "runs/; the others' run directories are not here, so their IQMs cover fewer seeds.")
@@ -973,15 +989,12 @@ def completeness_note(grid: Any, evals: list[dict[str, Any]]) -> str:
             + (f"; {extra} cell(s) outside run.json's grid" if extra else "") + ".")
 
 
-def code_note(results_dir: pathlib.Path) -> str:
-    """Which code versions (``agents.code_version``) made the cells under ``results_dir/cells``, and how many
-    cells each; cells made by code that did not record its version are counted apart."""
+def code_note(cells: dict[str, dict[str, Any] | None]) -> str:
+    """Which code versions (``agents.code_version``) made ``cells`` (``read_cells``), and how many cells each;
+    cells made by code that did not record its version, and unreadable ones, are counted apart."""
     versions: dict[str, int] = {}
-    for path in sorted((results_dir / "cells").glob("*.json")):
-        try:
-            version = json.loads(path.read_text()).get("code") or NOT_RECORDED
-        except (OSError, ValueError, AttributeError):
-            version = UNREADABLE
+    for content in cells.values():
+        version = UNREADABLE if content is None else content.get("code") or NOT_RECORDED
         versions[version] = versions.get(version, 0) + 1
     if not versions:
         return "Code: no cell files under cells/ to say which code made the results."

@@ -10,7 +10,7 @@ import tarfile
 import pytest
 
 from agents import code_version as cv
-from robustness.report import code_note
+from robustness.report import code_note, read_cells
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TEMPLATE = "$Format:%H$\n"  # agents/COMMIT as committed
@@ -118,10 +118,10 @@ def test_the_report_counts_the_cells_of_each_code_version(tmp_path):
     for name, code in (("a", "c1"), ("b", "c1"), ("c", "c2"), ("d", None)):
         (cells / f"{name}.json").write_text(json.dumps({"cell": {}} if code is None else {"cell": {}, "code": code}))
     (cells / "e.json").write_text("{broken")
-    assert code_note(tmp_path) == ("Code: 2 cell(s) made with `c1`; 1 cell(s) made with `c2`; 1 cell(s) without a "
+    assert code_note(read_cells(tmp_path)) == ("Code: 2 cell(s) made with `c1`; 1 cell(s) made with `c2`; 1 cell(s) without a "
                                    "record (made by code that does not record its version); 1 cell(s) whose file "
                                    "cannot be read (more than one code version: compare them before pooling).")
     (cells / "c.json").unlink()
-    assert code_note(tmp_path).endswith("cannot be read.")  # one version: no warning for the others
+    assert code_note(read_cells(tmp_path)).endswith("cannot be read.")  # one version: no warning for the others
     shutil.rmtree(cells)
-    assert code_note(tmp_path).startswith("Code: no cell files")
+    assert code_note(read_cells(tmp_path)).startswith("Code: no cell files")

@@ -443,8 +443,12 @@ def write_run_dirs(results, eval_column):
 def test_learning_curves_read_the_run_directories(tmp_path, eval_column):
     results = make_results(tmp_path / "results")
     write_run_dirs(results, eval_column)
+    (results / "cells" / "broken.json").write_text("{broken")  # unreadable cell with a run: left out, no crash
+    (results / "runs" / "broken").mkdir()
+    (results / "runs" / "broken" / "metrics.csv").write_text("charts/agent_steps,charts/episodic_return\n1,2\n")
     curves, column = report.learning_curves(results)
     assert column == ("eval/return_per_agent" if eval_column else "charts/episodic_return")
+    assert sum(len(runs) for runs in curves.values()) == len(list((results / "cells").glob("*.json"))) - 1
     steps, values = curves[("routing", "aajr", 0.1, 0.0)][3]
     assert steps.tolist() == ([200.0, 400.0] if eval_column else [100.0, 200.0, 300.0, 400.0])
     assert values.tolist() == ([-5.0, -7.0] if eval_column else [4.0, 5.0, 6.0, 7.0])
