@@ -1,8 +1,8 @@
 """How many samples per PGA segment the Theorem-3 check needs (``robustness.diagnostics.step_size_sweep``).
 
 The benchmark's step-size sweep bins each PGA step by ``eta * L_seg``, with ``L_seg`` the largest
-``|v^T Hess g v|`` sampled at ``SEGMENT_POINTS`` (4) points of the step's segment, and counts the steps
-that lower the system loss g. With ``eta * L_seg <= 2`` such a step contradicts Theorem 3 only if
+``|v^T Hess g v|`` sampled at ``SEGMENT_POINTS`` points of the step's segment (4 until this script's
+measurement made it 16), and counts the steps that lower the system loss g. With ``eta * L_seg <= 2`` such a step contradicts Theorem 3 only if
 ``L_seg`` bounds the curvature on the whole segment; a sharper curvature between the samples makes
 ``L_seg`` too small and puts the step in a bin it does not belong to.
 
@@ -11,9 +11,13 @@ sweep (the same evaluation states, eps, K and ``eta = c / l_eff_median`` as the 
 and reports, per number of samples per segment, the steps with ``eta * L_seg <= 2``, how many of
 them lowered g, and how many of those cross a kink of g that no curvature sample can see: the
 observation normaliser's clip at ``|(x - mean) / std| = 10``, where the set of clipped features changes
-along the segment (Theorem 3 assumes g smooth on the segment). With ``--points 4`` first, its counts are the cell's own (the ``steps_etaL_*`` columns
-of ``cells/<cell>.json``, summed over c; the script prints them beside for comparison). If denser
-sampling moves the non-monotone steps above 2, the sampled ``L_seg`` was the cause, not the theory.
+along the segment (Theorem 3 assumes g smooth on the segment). For a cell made with 4 samples, the
+counts with ``--points 4`` are the cell's own (the ``steps_etaL_*`` columns of ``cells/<cell>.json``,
+summed over c; the script prints them beside for comparison). A cell made since the sweep counts the
+steps crossing the clip apart (its ``steps_clip``) has its own counts printed beside the row with
+``SEGMENT_POINTS`` (16) samples: they leave those steps out, so its non-monotone ones are that row's
+non-monotone steps less those crossing the clip. If denser sampling moves the non-monotone steps
+above 2, the sampled ``L_seg`` was the cause, not the theory.
 
     python bench/segment_sampling.py results/corollary-wide routing-ppo-lam0-seed0
     python bench/segment_sampling.py results/corollary-wide routing-ppo-lam0-seed0 routing-jacobian-lam1-gam1-seed0 \\
@@ -32,28 +36,12 @@ import torch
 BOUND = 2.0  # Theorem 3: a projected gradient step with eta * L <= 2 ascends
 
 
-def clip_changes(policy, obs: torch.Tensor, deltas: torch.Tensor, points: int) -> torch.Tensor:
-    """Bool ``(K, M, N)``: whether the set of observation features that the policy's normaliser clips
-    (``|(x - mean) / std| > clip``, a kink of g in delta) changes along each PGA segment, looked at in
-    ``points`` samples; all False for a policy without observation normalisation."""
-    if not policy.normalise_obs:
-        return torch.zeros(deltas.shape[:-1], dtype=torch.bool)[1:]
-    norm = policy.obs_norm
-    fractions = torch.linspace(0.0, 1.0, points, dtype=deltas.dtype)
-    changes = []
-    for t in range(deltas.shape[0] - 1):
-        along = deltas[t] + fractions.view(-1, 1, 1, 1) * (deltas[t + 1] - deltas[t])  # (points, M, N, D)
-        clipped = ((obs + along - norm.mean) / torch.sqrt(norm.var + 1e-8)).abs() > norm.clip
-        changes.append((clipped != clipped[:1]).any(0).any(-1))
-    return torch.stack(changes)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", type=pathlib.Path, help="a benchmark results directory (run.json, cells/, runs/)")
     parser.add_argument("cells", nargs="+", help="cell names, e.g. routing-ppo-lam0-seed0")
     parser.add_argument("--points", type=int, nargs="+", default=[4, 16, 64],
-                        help="samples per segment to compare (default: 4 16 64; 4 is the benchmark's)")
+                        help="samples per segment to compare (default: 4 16 64; the benchmark's: 16, 4 before)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     args = parser.parse_args()
     bad_points = [p for p in args.points if p < 2]
@@ -71,7 +59,8 @@ def main() -> int:
     from agents.run import load_run
     from envs.shocks import pga
     from regularizers.jacobian import per_agent_system_objective
-    from robustness.diagnostics import ETA_FACTORS, evaluation_states, in_float64, nonmonotone_steps, segment_curvatures
+    from robustness.diagnostics import (ETA_FACTORS, SEGMENT_POINTS, evaluation_states, in_float64,
+                                        nonmonotone_steps, normaliser_clip_changes, segment_curvatures)
     from robustness.runner import BenchmarkConfig
 
     config = BenchmarkConfig.from_dict(json.loads(run_json.read_text())["config"])
@@ -86,6 +75,8 @@ def main() -> int:
                            else 0 for row in saved["step_sizes"]) + sum(
             round(row["steps_etaL_1_2"] * row["nonmonotone_rate_etaL_1_2"]) if row["steps_etaL_1_2"] else 0
             for row in saved["step_sizes"])
+        clip_apart = any("steps_clip" in row for row in saved["step_sizes"])  # made with SEGMENT_POINTS samples
+        own_points = SEGMENT_POINTS if clip_apart else 4
         _, scenario, policy = load_run(args.results / "runs" / name)
         batch = evaluation_states(scenario, policy, config.attack.episodes, config.diag_states, seed=seed)
         scenario64, policy64, batch64 = in_float64(scenario, policy, batch)
@@ -103,8 +94,10 @@ def main() -> int:
                 low = (lengths > 0) & (eta * curvature.abs().amax(1) <= BOUND)
                 within += int(low.sum())
                 contradicting += int((low & bad).sum())
-                kinked += int((low & bad & clip_changes(policy64, obs, deltas, points)).sum())
-            own = f"{recorded_bad} of {recorded}" if points == 4 else ""
+                kinked += int((low & bad & normaliser_clip_changes(policy64, obs, deltas, points)).sum())
+            own = f"{recorded_bad} of {recorded}" if points == own_points else ""
+            if own and clip_apart:
+                own += f" ({own_points} samples, crossing the clip left out)"
             print(f"| {name} | {points} | {within} | {contradicting} | {kinked} | {own} |", flush=True)
             for index, count in enumerate((within, contradicting, kinked)):
                 totals[points][index] += count

@@ -24,8 +24,10 @@ runner) and writes into ``RESULTS_DIR/report/``:
 * ``diagnostics.md/.csv``: IQM [CI] of every theory diagnostic per scenario x setting;
 * ``step_sizes.md/.csv`` (when ``step_sizes.csv`` exists; Theorems 2-3): per scenario, setting and step
   size ``eta = c / median L_eff``, the non-monotone PGA step rate (IQM [CI] over seeds), and per method
-  the rate pooled over its settings, seeds and c in each bin of ``eta * L_seg`` (steps counted);
-  ``step_sizes_<scenario>.png`` draws both;
+  the rate pooled over its settings, seeds and c in each bin of ``eta * L_seg`` (steps counted), and,
+  when the results count them (``steps_clip``, ``nonmonotone_rate_clip``: optional, older results lack
+  them), among the steps crossing the observation normaliser's clip, left out of the bins;
+  ``step_sizes_<scenario>.png`` draws both (the bins only);
 * ``improvement.md/.csv``: under the headline attack, on the normalised score (``ratio_to_reference``
   where higher is better, ``2 - ratio`` for a cost ratio; 1 = the scenario's reference): per scenario and
   eps, rliable's probability of improvement P(aajr > G) and the paired per-seed win rate against every
@@ -84,6 +86,8 @@ STEP_BINS = tuple(f"etaL_{low:g}_{high:g}" for low, high in ETA_L_BINS)
 STEP_KEYS = (*CELL, "eta_factor")
 STEP_VALUES = ("steps", "nonmonotone_rate", *(f"{prefix}_{name}" for name in STEP_BINS
                                               for prefix in ("steps", "nonmonotone_rate")))
+CLIP = "clip"  # the steps crossing the normaliser's clip, apart from the bins (older step_sizes.csv lack them)
+STEP_CLIP = (f"steps_{CLIP}", f"nonmonotone_rate_{CLIP}")
 DIAGNOSTICS = ("jvp_norm_mean", "global_norm_mean", "global_norm_all_mean",
                *(f"frac_directional_only@{gamma:g}" for gamma in GAMMAS), "direction_participation_ratio",
                "curvature_min", "curvature_max", "l_eff_median", "nonmonotone_rate", "eval_states")
@@ -396,16 +400,34 @@ def diag_steps(grid: Any) -> str:
     return str(grid.get("diag_steps", "K")) if isinstance(grid, dict) else "K"
 
 
+def read_step_sizes(path: pathlib.Path) -> list[dict[str, Any]]:
+    """The rows of ``step_sizes.csv`` (``read_table``), with ``STEP_CLIP`` when the file has them (results
+    of code that counts the steps crossing the normaliser's clip apart; older ones lack them). A file
+    holding them for some rows only (cells of both codes merged) is an error."""
+    nan_ok = ["nonmonotone_rate", *(f"nonmonotone_rate_{name}" for name in STEP_BINS)]
+    raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if not any(column in raw.columns for column in STEP_CLIP):
+        return read_table(path, STEP_KEYS, STEP_VALUES, nan_ok)
+    empty = raw[STEP_CLIP[0]].str.strip().eq("").to_numpy() if STEP_CLIP[0] in raw.columns else None
+    if empty is not None and empty.any():  # merge_results leaves an older cell's missing columns empty
+        raise ReportError(f"{path.name}: {STEP_CLIP[0]} is empty in {int(empty.sum())} of {len(raw)} rows (first: line "
+                          f"{int(empty.argmax()) + 2}): cells of code before and since the step-size sweep counts "
+                          "the steps crossing the normaliser's clip apart are mixed; rerun the older cells")
+    return read_table(path, STEP_KEYS, (*STEP_VALUES, *STEP_CLIP), [*nan_ok, STEP_CLIP[1]])
+
+
 def step_size_tables(steps: list[dict[str, Any]], labels: Labels, reps: int, k: str = "K"
                      ) -> tuple[str, list[dict], dict[tuple, Estimate], dict[tuple, tuple[int, int]]]:
     """Markdown and CSV rows of the step-size sweep (Theorems 2-3): the non-monotone step rate per
     scenario x setting x eta factor c (IQM [CI] over seeds), and per scenario x method x bin of
-    ``eta * L_seg`` the pooled rate (non-monotone steps / steps over settings, seeds and c); the
+    ``eta * L_seg`` the pooled rate (non-monotone steps / steps over settings, seeds and c), with the
+    steps crossing the normaliser's clip (``CLIP``) as one more column when the rows count them; the
     estimates and the pooled ``(non-monotone, steps)`` counts for the figure."""
     keys = (*DIAGNOSTIC_KEYS, "eta_factor")
+    pooled_columns = (*STEP_BINS, CLIP) if steps and STEP_CLIP[0] in steps[0] else STEP_BINS
     for row in steps:
         for steps_column, rate_column in (("steps", "nonmonotone_rate"),
-                                          *((f"steps_{name}", f"nonmonotone_rate_{name}") for name in STEP_BINS)):
+                                          *((f"steps_{name}", f"nonmonotone_rate_{name}") for name in pooled_columns)):
             if np.isnan(row[rate_column]) != (row[steps_column] == 0):
                 raise ReportError(f"step_sizes.csv: {rate_column} is {row[rate_column]!r} with {steps_column} = "
                                   f"{row[steps_column]:g} (NaN exactly when no step was counted) in "
@@ -413,7 +435,7 @@ def step_size_tables(steps: list[dict[str, Any]], labels: Labels, reps: int, k: 
     rates = aggregate([row for row in steps if row["steps"] > 0], "nonmonotone_rate", keys, reps)
     pooled: dict[tuple, tuple[int, int]] = {}
     for row in steps:
-        for name in STEP_BINS:
+        for name in pooled_columns:
             count = int(row[f"steps_{name}"])
             bad = round(row[f"nonmonotone_rate_{name}"] * count) if count else 0
             key = (row["scenario"], row["method"], name)
@@ -426,9 +448,13 @@ def step_size_tables(steps: list[dict[str, Any]], labels: Labels, reps: int, k: 
     markdown = [(f"PGA on each policy's system loss g (K = {k} from the same states as the diagnostics) rerun with "
                  "eta = c / median L_eff; a step is non-monotone when it lowers g. Theorem 3: a projected "
                  "gradient step with eta * L_seg <= 2 (L_seg: the largest |v^T Hess g v| sampled on the step's "
-                 "own segment) ascends, so the bins [0, 1] and (1, 2] should show no non-monotone step.\n\n")]
+                 "own segment) ascends, so the bins [0, 1] and (1, 2] should show no non-monotone step"
+                 + (". Steps whose segment crosses the observation normaliser's clip (a kink of g; the theorem "
+                    "assumes g smooth on the segment) are counted apart, in the last column, and left out of the "
+                    "bins" if CLIP in pooled_columns else "") + ".\n\n")]
     factors = sorted({row["eta_factor"] for row in steps})
-    bins = bin_labels()
+    pooled_header = [f"eta L_seg in {b}" for b in bin_labels()] + (
+        ["crossing the normaliser's clip (left out of the bins)"] if CLIP in pooled_columns else [])
     for scenario in unique(row["scenario"] for row in steps):
         body = [[labels(scenario, *cell)] + [fmt(rates.get((scenario, *cell, c))) for c in factors]
                 for cell in labels.cells[scenario] if any((scenario, *cell, c) in rates for c in factors)]
@@ -436,12 +462,12 @@ def step_size_tables(steps: list[dict[str, Any]], labels: Labels, reps: int, k: 
                         + markdown_table(["method", *(f"c = {c:g}" for c in factors)], body))
         body = []
         for method in labels.methods(scenario):
-            counts = [pooled.get((scenario, method, name)) for name in STEP_BINS]
+            counts = [pooled.get((scenario, method, name)) for name in pooled_columns]
             if any(counts):
                 body.append([method] + [f"{bad / count:.3g} ({bad} of {count})" if count else "– (0 steps)"
                                         for bad, count in (c or (0, 0) for c in counts)])
         markdown.append(f"## {scenario}: non-monotone step rate by eta * L_seg (pooled over settings, seeds, c)\n\n"
-                        + markdown_table(["method", *(f"eta L_seg in {b}" for b in bins)], body))
+                        + markdown_table(["method", *pooled_header], body))
     return "".join(markdown), csv_rows, rates, pooled
 
 
@@ -927,15 +953,16 @@ def write_report(results_dir: str | pathlib.Path, reps: int = REPS, attack: str 
                "the shock channels at the same states, one point per trained policy (cell), a color per method and a "
                "marker per setting; dashed: y = x.")
     if (results_dir / "step_sizes.csv").is_file():
-        steps = read_table(results_dir / "step_sizes.csv", STEP_KEYS, STEP_VALUES,
-                           nan_ok=["nonmonotone_rate", *(f"nonmonotone_rate_{name}" for name in STEP_BINS)])
+        steps = read_step_sizes(results_dir / "step_sizes.csv")
         markdown, csv_rows, rates, pooled = step_size_tables(steps, labels, reps, diag_steps(provenance.grid))
         table("step_sizes", "PGA step sizes and ascent (Theorems 2-3)", markdown, csv_rows)
+        clip_note = (", steps crossing the normaliser's clip left out" if any(key[-1] == CLIP for key in pooled)
+                     else "")
         for scenario in unique(row["scenario"] for row in steps):
             figure(scenario, step_size_figure(rates, pooled, labels, scenario), f"step_sizes_{scenario}.png",
                    f"{scenario}: left, the rate of PGA steps that lower the system loss against the step size "
                    "c = eta * median L_eff, one line per setting (IQM over seeds); right, the rate per bin of "
-                   "eta * L_seg pooled per method (dashed: eta * L_seg = 2).")
+                   f"eta * L_seg pooled per method{clip_note} (dashed: eta * L_seg = 2).")
     markdown, csv_rows, data = improvement_tables(evals, labels, attack, mode, reps)
     table("improvement", "Probability of improvement and aggregate over scenarios", markdown, csv_rows)
     if data["improvement"]:

@@ -483,7 +483,8 @@ def finished_cells(results_dir: pathlib.Path, cells: Iterable[Cell]) -> list[Cel
 def merge_results(results_dir: pathlib.Path, cells: Iterable[Cell]) -> None:
     """``evaluations.csv`` (one row per cell x attack x mode x eps), ``diagnostics.csv`` (one per cell) and
     ``step_sizes.csv`` (one per cell x step-size factor) from the cells' JSON files, in grid order, written
-    atomically."""
+    atomically. A file's columns are those of all its rows (cells of code that records fewer fields leave
+    theirs empty: the report says when that mix matters)."""
     evaluation_rows, diagnostic_rows, step_rows = [], [], []
     for cell in cells:
         result = read_json(results_dir / "cells" / f"{cell.name}.json", "cell result")
@@ -495,4 +496,4 @@ def merge_results(results_dir: pathlib.Path, cells: Iterable[Cell]) -> None:
     for name, rows in (("evaluations.csv", evaluation_rows), ("diagnostics.csv", diagnostic_rows),
                        ("step_sizes.csv", step_rows)):
         if rows:  # a grid whose policies never moved the PGA has no step-size rows
-            atomic_write_csv(results_dir / name, rows)
+            atomic_write_csv(results_dir / name, rows, list(dict.fromkeys(key for row in rows for key in row)))

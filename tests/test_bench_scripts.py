@@ -3,7 +3,9 @@ the figures themselves are measured by the commands in the README, never by test
 
 from __future__ import annotations
 
+import json
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -52,6 +54,12 @@ def test_signature_cache_benchmark_prints_three_computations_with_equal_outputs(
     assert all(float(row[-2].strip().rstrip("x")) > 0 for row in rows)
 
 
+def cell_rows(table: str, cell: str) -> list[list[str]]:
+    """The fields of a Markdown table's rows that begin with ``cell``."""
+    return [[field.strip() for field in line.split("|")[1:-1]] for line in table.splitlines()
+            if line.startswith(f"| {cell} |")]
+
+
 def test_segment_sampling_check_redoes_the_cells_own_step_counts(tmp_path):
     from robustness.evaluate import AttackGrid
     from robustness.runner import BenchmarkConfig, run_grid
@@ -64,11 +72,24 @@ def test_segment_sampling_check_redoes_the_cells_own_step_counts(tmp_path):
     run_grid(config, tmp_path, command="pytest")
     result = run_script("bench/segment_sampling.py", str(tmp_path), "routing-ppo-lam0-seed0", "--points", "4", "16")
     assert result.returncode == 0, result.stderr
-    rows = [[field.strip() for field in line.split("|")[1:-1]] for line in result.stdout.splitlines()
-            if line.startswith("| routing-ppo-lam0-seed0 |")]
+    rows = cell_rows(result.stdout, "routing-ppo-lam0-seed0")
     assert [row[1] for row in rows] == ["4", "16"]
-    assert rows[0][5] == f"{rows[0][3]} of {rows[0][2]}" and int(rows[0][2]) > 0  # 4 samples: the cell's counts
     assert all(0 <= int(row[4]) <= int(row[3]) for row in rows)
+    # the cell was made with 16 samples, steps crossing the clip left out of its bins: its own counts stand
+    # beside the 16-sample row, with the non-monotone steps that do not cross the clip
+    own = re.fullmatch(r"(\d+) of (\d+) \(16 samples, crossing the clip left out\)", rows[1][5])
+    assert rows[0][5] == "" and own, rows
+    cell_file = tmp_path / "cells" / "routing-ppo-lam0-seed0.json"
+    saved = json.loads(cell_file.read_text())
+    clip_steps = sum(row["steps_clip"] for row in saved["step_sizes"])
+    assert int(own[1]) == int(rows[1][3]) - int(rows[1][4])
+    assert 0 < int(rows[1][2]) - clip_steps <= int(own[2]) <= int(rows[1][2])
+    for row in saved["step_sizes"]:  # as a cell made before the clip count: its own counts beside 4 samples
+        del row["steps_clip"], row["nonmonotone_rate_clip"]
+    cell_file.write_text(json.dumps(saved))
+    result = run_script("bench/segment_sampling.py", str(tmp_path), "routing-ppo-lam0-seed0", "--points", "4", "16")
+    rows = cell_rows(result.stdout, "routing-ppo-lam0-seed0")
+    assert rows[0][5] == f"{own[1]} of {own[2]}" and rows[1][5] == "", rows
 
 
 def test_segment_sampling_check_refuses_bad_values_in_one_line(tmp_path):
@@ -76,23 +97,3 @@ def test_segment_sampling_check_refuses_bad_values_in_one_line(tmp_path):
     assert result.returncode == 2 and "--points 1: need at least 2 samples" in result.stderr
     result = run_script("bench/segment_sampling.py", str(tmp_path), "routing-ppo-lam0-seed0")
     assert result.returncode == 2 and "no run.json" in result.stderr
-
-
-def test_segment_sampling_sees_a_segment_cross_the_normalisers_clip():
-    import importlib.util
-
-    import torch
-
-    from agents.policy import MultiAgentActorCritic
-
-    spec = importlib.util.spec_from_file_location("segment_sampling", ROOT / "bench" / "segment_sampling.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    policy = MultiAgentActorCritic(1, 2, torch.zeros(1), torch.ones(1)).double()  # mean 0, var 1: clip at |x| = 10
-    obs = torch.tensor([[[9.95, 0.0]], [[0.0, 0.0]]], dtype=torch.float64)  # (M = 2, N = 1, D = 2)
-    deltas = torch.zeros(3, 2, 1, 2, dtype=torch.float64)
-    deltas[1, :, :, 0] = 0.1   # step 0: state 0 crosses 10 (its end is clipped), state 1 stays inside
-    deltas[2, :, :, 0] = -0.1  # step 1: state 0 crosses back; both ends of state 1's segment inside
-    assert module.clip_changes(policy, obs, deltas, points=4).tolist() == [[[True], [False]], [[True], [False]]]
-    policy.normalise_obs = False
-    assert not module.clip_changes(policy, obs, deltas, points=4).any()

@@ -203,3 +203,25 @@ def test_benchmark_checks_every_device_before_writing(tmp_path, device, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and repr(device) in err[-1]
     assert not (tmp_path / "out").exists()
+
+
+def test_merging_cells_of_older_and_newer_code_keeps_every_column_and_the_report_names_the_mix(tmp_path):
+    from robustness import ReportError
+    from robustness.report import read_step_sizes
+    from robustness.runner import Cell, merge_results
+
+    old_row = {"eta_factor": 1.0, "eta": 0.1, "steps": 4, "nonmonotone_rate": 0.25, "steps_etaL_0_1": 4,
+               "nonmonotone_rate_etaL_0_1": 0.25, "steps_etaL_1_2": 0, "nonmonotone_rate_etaL_1_2": float("nan"),
+               "steps_etaL_2_inf": 0, "nonmonotone_rate_etaL_2_inf": float("nan")}
+    new_row = {**old_row, "steps_etaL_0_1": 3, "nonmonotone_rate_etaL_0_1": 0.0, "steps_clip": 1,
+               "nonmonotone_rate_clip": 1.0}
+    cells = [Cell("routing", "ppo", 0.0, seed) for seed in (0, 1)]
+    (tmp_path / "cells").mkdir()
+    for cell, row in zip(cells, (old_row, new_row)):  # the older cell first: its rows lack the clip columns
+        (tmp_path / "cells" / f"{cell.name}.json").write_text(json.dumps(
+            {"cell": {}, "evaluations": [{"attack": "none"}], "diagnostics": {"eval_states": 8}, "step_sizes": [row]}))
+    merge_results(tmp_path, cells)
+    header, first, second = (tmp_path / "step_sizes.csv").read_text().splitlines()
+    assert header.endswith("steps_clip,nonmonotone_rate_clip") and first.endswith(",,") and second.endswith(",1,1.0")
+    with pytest.raises(ReportError, match=r"steps_clip is empty in 1 of 2 rows .*mixed; rerun the older cells"):
+        read_step_sizes(tmp_path / "step_sizes.csv")

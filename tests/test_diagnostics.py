@@ -1,6 +1,7 @@
 """The theory diagnostics against constructed cases with known answers: the segment curvature sampler
 against finite differences, class expansion and the global norms on a linear policy with known
-singular values, the participation ratio, and the step-size sweep's bins on a known concave objective."""
+singular values, the participation ratio, the normaliser-clip crossings of segments on a policy with
+known statistics, and the step-size sweep's bins, with the steps crossing the clip counted apart."""
 
 import math
 
@@ -11,7 +12,8 @@ import envs
 from agents.policy import MultiAgentActorCritic
 from regularizers.jvp import jvp_norms
 from robustness.diagnostics import (class_expansion, evaluation_states, global_norms, in_float64,
-                                    participation_ratio, segment_curvatures, step_size_sweep, theory_diagnostics)
+                                    normaliser_clip_changes, participation_ratio, segment_curvatures, step_size_sweep,
+                                    theory_diagnostics)
 
 
 def test_segment_curvature_equals_a_finite_difference_second_derivative_along_the_segment():
@@ -74,6 +76,24 @@ def test_participation_ratio_counts_the_directions_effective_dimension():
     assert participation_ratio(two) == pytest.approx(2.0)
 
 
+def test_normaliser_clip_changes_sees_a_segment_cross_each_agents_clip():
+    policy = MultiAgentActorCritic(2, 2, torch.zeros(1), torch.ones(1)).double()
+    policy.obs_norm.mean[1] = 10.0  # agent 0: mean 0, std 1, clip at |x| = 10; agent 1: mean 10, std 2, at |x - 10| = 20
+    policy.obs_norm.var[1] = 4.0
+    obs = torch.tensor([[[9.95, 0.0], [29.9, 0.0]], [[0.0, 0.0], [10.0, 0.0]]], dtype=torch.float64)  # (M=2, N=2, D=2)
+    deltas = torch.zeros(3, 2, 2, 2, dtype=torch.float64)
+    deltas[1, :, :, 0] = 0.2   # step 0: state 0 crosses both agents' clips (z 9.95 -> 10.15, 10.05); state 1 inside
+    deltas[2, :, :, 0] = -0.2  # step 1: state 0 crosses back
+    crossing = [[[True, True], [False, False]], [[True, True], [False, False]]]
+    assert normaliser_clip_changes(policy, obs, deltas, points=4).tolist() == crossing
+    through = torch.zeros(2, 1, 2, 2, dtype=torch.float64)  # agent 0 from z = -10.5 to 10.5, clipped at both ends
+    through[0, ..., 0], through[1, ..., 0] = -10.5, 10.5
+    assert normaliser_clip_changes(policy, obs[1:], through, points=2).tolist() == [[[False, False]]]  # ends only
+    assert normaliser_clip_changes(policy, obs[1:], through, points=4).tolist() == [[[True, False]]]
+    policy.normalise_obs = False
+    assert normaliser_clip_changes(policy, obs, deltas, points=4).tolist() == [[[False] * 2] * 2] * 2
+
+
 def tiny_run(seed=0):
     scenario = envs.make_scenario("routing", **envs.SCENARIOS["routing"].presets["small"])
     torch.manual_seed(seed)
@@ -104,7 +124,34 @@ def test_step_size_sweep_bins_every_moving_step_and_small_steps_ascend():
     assert [row["eta_factor"] for row in rows] == [0.25, 8.0]
     for row in rows:
         assert row["eta"] == pytest.approx(row["eta_factor"] / l_eff)
-        assert row["steps_etaL_0_1"] + row["steps_etaL_1_2"] + row["steps_etaL_2_inf"] == row["steps"]
+        assert_steps_add_up(row)
         for name in ("0_1", "1_2"):  # the descent lemma: eta * L_seg <= 2 ascends
             assert row[f"steps_etaL_{name}"] == 0 or row[f"nonmonotone_rate_etaL_{name}"] == 0.0
     assert step_size_sweep(scenario, policy, batch, eps=0.2, steps=4, l_eff=0.0) == []
+
+
+def assert_steps_add_up(row):
+    """Every moving step is in one bin of eta * L_seg or among those crossing the clip, and so is every
+    non-monotone one."""
+    parts = ("_etaL_0_1", "_etaL_1_2", "_etaL_2_inf", "_clip")
+    assert sum(row[f"steps{part}"] for part in parts) == row["steps"]
+
+    def bad(part):
+        return round(row[f"steps{part}"] * row[f"nonmonotone_rate{part}"]) if row[f"steps{part}"] else 0
+
+    assert sum(bad(part) for part in parts) == bad("")
+
+
+def test_step_size_sweep_counts_the_steps_crossing_the_normalisers_clip_apart_from_the_bins():
+    scenario, policy, batch = tiny_run(1)
+    policy.obs_norm.mean.copy_(batch.obs.median(0).values)  # std 0.01: a shock of 0.2 spans 20 in z, so
+    policy.obs_norm.var.fill_(0.01 ** 2)                     # segments near the median cross the clip
+    (row,) = step_size_sweep(scenario, policy, batch, eps=0.2, steps=4, l_eff=4e4, factors=(8.0,))
+    assert_steps_add_up(row)
+    assert 0 < row["steps_clip"] < row["steps"] and row["nonmonotone_rate_clip"] > 0  # a kink lowers g
+    for name in ("0_1", "1_2"):  # outside the kink, the theorem holds
+        assert row[f"steps_etaL_{name}"] > 0 and row[f"nonmonotone_rate_etaL_{name}"] == 0.0
+    policy.normalise_obs = False
+    (row,) = step_size_sweep(scenario, policy, batch, eps=0.2, steps=4, l_eff=4e4, factors=(8.0,))
+    assert row["steps_clip"] == 0 and math.isnan(row["nonmonotone_rate_clip"])
+    assert_steps_add_up(row)

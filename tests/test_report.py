@@ -497,7 +497,58 @@ def test_step_size_table_pools_counts_per_bin_and_rates_per_eta(tmp_path):
     assert np.isnan(pooled.loc["etaL_1_2", "rate"])
     markdown = (results / "report" / "step_sizes.md").read_text()
     assert f"{bad / 64:.3g} ({bad} of 64)" in markdown and "– (0 steps)" in markdown
+    assert "clip" not in markdown and "clip" not in set(table.eta_l_bin.dropna())  # results without the clip count
     assert "step_sizes.md" in (results / "report" / "index.md").read_text()
+
+
+def clip_step_rows():
+    """``step_rows`` with 2 more steps per cell and c that cross the normaliser's clip, counted apart from
+    the bins (``steps_clip``): one of them non-monotone for odd seeds."""
+    rows = step_rows()
+    for row in rows:
+        clip_bad = row["seed"] % 2
+        bad = round(row["nonmonotone_rate"] * row["steps"]) + clip_bad
+        row.update(steps=16, nonmonotone_rate=bad / 16, steps_clip=2, nonmonotone_rate_clip=clip_bad / 2)
+    return rows
+
+
+def test_step_size_table_counts_the_steps_crossing_the_clip_in_a_column_apart(tmp_path):
+    results = make_results(tmp_path)
+    write_csv(results / "step_sizes.csv", clip_step_rows())
+    report.write_report(results, reps=REPS)
+    table = read(results / "report", "step_sizes")
+    pooled = table[(table.quantity == "pooled_nonmonotone_rate") & (table.scenario == "commons")
+                   & (table.method == "aajr")].set_index("eta_l_bin")
+    clip_steps, clip_bad = 2 * 2 * len(SEEDS) * 2, 2 * 2 * 2  # two aajr settings, two c, one bad step per odd seed
+    assert (pooled.loc["clip", "steps"], pooled.loc["clip", "nonmonotone_steps"]) == (clip_steps, clip_bad)
+    bad = 2 * sum(int(c * (seed + 1) / 8 * 4) for c in (1.0, 2.0) for seed in SEEDS)  # the bins as without clip
+    assert (pooled.loc["etaL_2_inf", "steps"], pooled.loc["etaL_2_inf", "nonmonotone_steps"]) == (64, bad)
+    markdown = (results / "report" / "step_sizes.md").read_text()
+    assert "crossing the normaliser's clip (left out of the bins) |" in markdown and "are counted apart" in markdown
+    aajr = next(line for line in markdown.splitlines() if line.startswith("| aajr |") and "of 64" in line)
+    assert aajr.endswith(f"| {bad / 64:.3g} ({bad} of 64) | 0.25 ({clip_bad} of {clip_steps}) |")
+    assert "steps crossing the normaliser's clip left out" in (results / "report" / "index.md").read_text()
+    rows = clip_step_rows()
+    rows[3].update(steps_clip=0)  # a rate over no step
+    write_csv(results / "step_sizes.csv", rows)
+    labels = report.Labels(report.read_table(results / "evaluations.csv", report.EVAL_KEYS, report.EVAL_VALUES))
+    with pytest.raises(report.ReportError, match="nonmonotone_rate_clip is 0.5 with steps_clip = 0"):
+        report.step_size_tables(report.read_step_sizes(results / "step_sizes.csv"), labels, REPS)
+
+
+def test_step_sizes_are_read_with_or_without_the_clip_count_but_not_both(tmp_path):
+    path = tmp_path / "step_sizes.csv"
+    write_csv(path, step_rows())
+    assert not any("steps_clip" in row for row in report.read_step_sizes(path))
+    write_csv(path, clip_step_rows())
+    assert [row["steps_clip"] for row in report.read_step_sizes(path)] == [2] * len(step_rows())
+    rows = clip_step_rows()
+    for row in rows[5:]:  # cells merged from older code: the runner writes their clip columns empty
+        del row["steps_clip"], row["nonmonotone_rate_clip"]
+    write_csv(path, rows)
+    with pytest.raises(report.ReportError, match=f"^step_sizes.csv: steps_clip is empty in {len(rows) - 5} of "
+                                                 f"{len(rows)} rows \\(first: line 7\\): cells of code before"):
+        report.read_step_sizes(path)
 
 
 def test_step_size_table_refuses_a_bad_rate_and_is_optional(tmp_path):
