@@ -190,6 +190,7 @@ def theory_diagnostics(scenario, policy, batch: Batch, eps: float, steps: int, n
         "direction_participation_ratio": participation_ratio(directions[..., mask]),
         "shock_dim": int(mask.sum()),
         "curvature_min": float(sampled.min()), "curvature_max": float(sampled.max()),
+        "segment_points": SEGMENT_POINTS,  # the curvature samples per segment behind L_eff and the sweep's bins
         "l_eff_median": float(l_eff.median()), "l_eff_max": float(l_eff.max()),
         "moving_steps": int((lengths > 0).sum()),
         "nonmonotone_rate": float(steps_taken.float().mean()),

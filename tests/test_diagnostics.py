@@ -113,6 +113,7 @@ def test_theory_diagnostics_report_both_global_norms_and_the_common_gammas():
     assert set(key for key in result if key.startswith("frac_")) == {"frac_directional_only@0.1",
                                                                      "frac_directional_only@1"}
     assert 1.0 <= result["direction_participation_ratio"] <= result["shock_dim"] + 1e-9
+    assert result["segment_points"] == 16  # recorded with the results: older cells (4 samples) lack it
     assert result["curvature_min"] <= result["curvature_max"] and result["l_eff_max"] >= result["l_eff_median"] >= 0
     assert result["moving_steps"] > 0 and 0 <= result["nonmonotone_rate"] <= 1
 
