@@ -2,9 +2,9 @@
 
 The benchmark's step-size sweep bins each PGA step by ``eta * L_seg``, with ``L_seg`` the largest
 ``|v^T Hess g v|`` sampled at ``SEGMENT_POINTS`` points of the step's segment (4 until this script's
-measurement made it 16), and counts the steps that lower the system loss g. With ``eta * L_seg <= 2`` such a step contradicts Theorem 3 only if
-``L_seg`` bounds the curvature on the whole segment; a sharper curvature between the samples makes
-``L_seg`` too small and puts the step in a bin it does not belong to.
+measurement made it 16), and counts the steps that lower the system loss g. With ``eta * L_seg <= 2``
+such a step contradicts Theorem 3 only if ``L_seg`` bounds the curvature on the whole segment; a sharper
+curvature between the samples makes ``L_seg`` too small and puts the step in a bin it does not belong to.
 
 For each cell named (a trained run under ``<results>/runs/<cell>``), the script redoes the cell's
 sweep (the same evaluation states, eps, K and ``eta = c / l_eff_median`` as the benchmark, in float64)
@@ -65,7 +65,7 @@ def main() -> int:
 
     config = BenchmarkConfig.from_dict(json.loads(run_json.read_text())["config"])
     print("| cell | samples per segment | steps with eta*L_seg <= 2 | of them non-monotone | of those, crossing the "
-          "normaliser's clip | the cell's own (4 samples) |\n|---|---|---|---|---|---|")
+          "normaliser's clip | the cell's own |\n|---|---|---|---|---|---|")
     totals = {points: [0, 0, 0] for points in args.points}
     for name in args.cells:
         saved = json.loads((args.results / "cells" / f"{name}.json").read_text())
