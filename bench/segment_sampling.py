@@ -70,11 +70,10 @@ def main() -> int:
     for name in args.cells:
         saved = json.loads((args.results / "cells" / f"{name}.json").read_text())
         seed, l_eff = saved["cell"]["seed"], saved["diagnostics"]["l_eff_median"]
-        recorded = sum(row["steps_etaL_0_1"] + row["steps_etaL_1_2"] for row in saved["step_sizes"])
-        recorded_bad = sum(round(row["steps_etaL_0_1"] * row["nonmonotone_rate_etaL_0_1"]) if row["steps_etaL_0_1"]
-                           else 0 for row in saved["step_sizes"]) + sum(
-            round(row["steps_etaL_1_2"] * row["nonmonotone_rate_etaL_1_2"]) if row["steps_etaL_1_2"] else 0
-            for row in saved["step_sizes"])
+        within_bins = [(row[f"steps_{name}"], row[f"nonmonotone_rate_{name}"])
+                       for row in saved["step_sizes"] for name in ("etaL_0_1", "etaL_1_2")]
+        recorded = sum(count for count, _ in within_bins)
+        recorded_bad = sum(round(count * rate) for count, rate in within_bins if count)
         clip_apart = any("steps_clip" in row for row in saved["step_sizes"])  # made with SEGMENT_POINTS samples
         own_points = SEGMENT_POINTS if clip_apart else 4
         _, scenario, policy = load_run(args.results / "runs" / name)
