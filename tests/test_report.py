@@ -352,6 +352,39 @@ def test_tradeoff_table_recovers_a_constructed_gap_at_matched_robustness():
     assert "| routing | 0.1 | spectral | -1 [-1, -1] | 3 of 3 |" in markdown
 
 
+def test_paired_differences_pair_equal_budgets_or_a_single_setting():
+    """AAJR at gamma 0.1 and 0.3 against smooth (the same two budgets), adv (one setting) and spectral (two
+    other budgets: no partner); the per-seed differences are constructed: AAJR keeps 0.5 more nominal return
+    than smooth at equal gamma and 1.5 more than adv, and 2 * gamma + seed more robust return than adv."""
+    settings = {("aajr", 0.1): (10.0, 6.0), ("aajr", 0.3): (9.0, 7.0), ("smooth", 0.1): (9.5, 6.0),
+                ("smooth", 0.3): (8.5, 7.0), ("adv", 0.0): (8.5, 6.0), ("spectral", 1.0): (9.0, 8.0),
+                ("spectral", 3.0): (9.5, 5.0)}  # (nominal, robust at eps 0.1)
+    rows = []
+    for seed in SEEDS:
+        for (method, budget), (nominal_return, robust_return) in settings.items():
+            cell = {"scenario": "routing", "method": method, "reg_coef": 1.0 if budget else 0.0, "budget": budget,
+                    "seed": seed, "attack": "worst", "mode": "shared"}
+            extra = (2 * budget + seed) if method == "aajr" else 0.0
+            rows += [{**cell, "eps": 0.0, "return_per_agent": nominal_return + seed},
+                     {**cell, "eps": 0.1, "return_per_agent": robust_return + extra}]
+    markdown, csv_rows = report.tradeoff_tables(rows, report.Labels(rows), "worst", "shared", reps=REPS)
+    paired = {(row["eps"], row["budget"], row["against"]): row for row in csv_rows
+              if row["quantity"] == "paired_difference"}
+    assert set(paired) == {(eps, budget, against) for eps in (0.0, 0.1) for budget in (0.1, 0.3)
+                           for against in (f"smooth γ={budget:g}", "adv")}  # spectral has no partner
+    for budget in (0.1, 0.3):
+        assert paired[(0.0, budget, f"smooth γ={budget:g}")]["iqm"] == pytest.approx(0.5)
+        assert paired[(0.0, budget, "adv")]["iqm"] == pytest.approx(1.5 - (budget == 0.3))
+        robust = paired[(0.1, budget, "adv")]  # 2 * gamma + seed over seeds 0-3: IQM of the middle two
+        expected = 2 * budget + (1.5 if budget == 0.1 else 2.5)
+        assert robust["iqm"] == pytest.approx(expected) and robust["n"] == len(SEEDS)
+        assert robust["ci_low"] <= robust["iqm"] <= robust["ci_high"]
+    assert "| routing | 0 | aajr γ=0.1 | smooth γ=0.1 | 0.5 [0.5, 0.5] | 4 |" in markdown
+    missing = [row for row in rows if (row["method"], row["seed"]) != ("adv", 3)]
+    _, csv_rows = report.tradeoff_tables(missing, report.Labels(missing), "worst", "shared", reps=REPS)
+    assert {row["n"] for row in csv_rows if row["quantity"] == "paired_difference" and row["against"] == "adv"} == {3}
+
+
 # ---------------------------------------------------------------- probability of improvement, profiles
 
 
