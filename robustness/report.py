@@ -316,10 +316,11 @@ def attack_tables(evals: list[dict[str, Any]], labels: Labels, reps: int) -> tup
 
 def worst_counts(worst: list[dict[str, Any]], scenario: str, mode: str, cell: tuple[str, float, float],
                  eps: float) -> str:
-    """``"system 3, action 2"``: how often each attack was the worst case over the seeds of a cell."""
+    """``"system 3, action 2"``: how often each attack was the worst case over the seeds of a cell; ties in
+    the order the rows name them (not a set's, which changes with the interpreter's hash seed)."""
     names = [row["worst_attack"] for row in worst if (row["scenario"], row["mode"], row["eps"]) == (scenario, mode, eps)
              and (row["method"], row["reg_coef"], row["budget"]) == cell]
-    return ", ".join(f"{name} {names.count(name)}" for name in sorted(set(names), key=names.count, reverse=True)) or "–"
+    return ", ".join(f"{name} {names.count(name)}" for name in sorted(unique(names), key=names.count, reverse=True)) or "–"
 
 
 def masking_warnings(evals: list[dict[str, Any]], reps: int) -> list[dict[str, Any]]:

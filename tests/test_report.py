@@ -352,6 +352,20 @@ def test_tradeoff_table_recovers_a_constructed_gap_at_matched_robustness():
     assert "| routing | 0.1 | spectral | -1 [-1, -1] | 3 of 3 |" in markdown
 
 
+def test_worst_attack_counts_order_ties_as_the_rows_name_them():
+    """Ties keep the rows' order, whatever the hash seed (a set's order of strings changes between runs)."""
+    names = ["rollout", "learned", "random_search", "learned", "rollout", "system", "value", "spike", "action"]
+    cell = ("ppo", 0.0, 0.0)
+    for shift in range(len(names)):
+        order = names[shift:] + names[:shift]
+        rows = [{"scenario": "routing", "mode": "shared", "eps": 0.1, "method": "ppo", "reg_coef": 0.0,
+                 "budget": 0.0, "worst_attack": name} for name in order]
+        twice = [name for name in report.unique(order) if order.count(name) == 2]
+        once = [name for name in report.unique(order) if order.count(name) == 1]
+        expected = ", ".join([f"{name} 2" for name in twice] + [f"{name} 1" for name in once])
+        assert report.worst_counts(rows, "routing", "shared", cell, 0.1) == expected
+
+
 def test_paired_differences_pair_equal_budgets_or_a_single_setting():
     """AAJR at gamma 0.1 and 0.3 against smooth (the same two budgets), adv (one setting) and spectral (two
     other budgets: no partner); the per-seed differences are constructed: AAJR keeps 0.5 more nominal return
