@@ -417,13 +417,25 @@ def read_step_sizes(path: pathlib.Path) -> list[dict[str, Any]]:
     return read_table(path, STEP_KEYS, (*STEP_VALUES, *STEP_CLIP), [*nan_ok, STEP_CLIP[1]])
 
 
-def step_size_tables(steps: list[dict[str, Any]], labels: Labels, reps: int, k: str = "K"
+def segment_points(path: pathlib.Path) -> str:
+    """The curvature samples per PGA segment behind the cells' L_seg, from ``diagnostics.csv``'s
+    ``segment_points`` column: ``"16"``, or per value with its cell count when cells differ. Cells without
+    the record were made by code before it (commit 4ca8220), which sampled 4."""
+    raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+    values = raw["segment_points"].str.strip().tolist() if "segment_points" in raw.columns else [""] * len(raw)
+    values = [value or "4" for value in values]
+    counts = {value: values.count(value) for value in unique(values)}
+    return next(iter(counts)) if len(counts) == 1 else ", ".join(f"{v} in {n} cells" for v, n in counts.items())
+
+
+def step_size_tables(steps: list[dict[str, Any]], labels: Labels, reps: int, k: str = "K", points: str = "several"
                      ) -> tuple[str, list[dict], dict[tuple, Estimate], dict[tuple, tuple[int, int]]]:
     """Markdown and CSV rows of the step-size sweep (Theorems 2-3): the non-monotone step rate per
     scenario x setting x eta factor c (IQM [CI] over seeds), and per scenario x method x bin of
     ``eta * L_seg`` the pooled rate (non-monotone steps / steps over settings, seeds and c), with the
     steps crossing the normaliser's clip (``CLIP``) as one more column when the rows count them; the
-    estimates and the pooled ``(non-monotone, steps)`` counts for the figure."""
+    estimates and the pooled ``(non-monotone, steps)`` counts for the figure. ``points``: the curvature
+    samples per segment (``segment_points``), named in the text."""
     keys = (*DIAGNOSTIC_KEYS, "eta_factor")
     pooled_columns = (*STEP_BINS, CLIP) if steps and STEP_CLIP[0] in steps[0] else STEP_BINS
     for row in steps:
@@ -448,8 +460,9 @@ def step_size_tables(steps: list[dict[str, Any]], labels: Labels, reps: int, k: 
                  for (scenario, method, name), (bad, count) in pooled.items()]
     markdown = [(f"PGA on each policy's system loss g (K = {k} from the same states as the diagnostics) rerun with "
                  "eta = c / median L_eff; a step is non-monotone when it lowers g. Theorem 3: a projected "
-                 "gradient step with eta * L_seg <= 2 (L_seg: the largest |v^T Hess g v| sampled on the step's "
-                 "own segment) ascends, so the bins [0, 1] and (1, 2] should show no non-monotone step"
+                 "gradient step with eta * L_seg <= 2 (L_seg: the largest |v^T Hess g v| sampled at "
+                 f"{points} points of the step's own segment) ascends, so the bins [0, 1] and (1, 2] should show "
+                 "no non-monotone step"
                  + (". Steps whose segment crosses the observation normaliser's clip (a kink of g; the theorem "
                     "assumes g smooth on the segment) are counted apart, in the last column, and left out of the "
                     "bins" if CLIP in pooled_columns else "") + ".\n\n")]
@@ -999,7 +1012,8 @@ def write_report(results_dir: str | pathlib.Path, reps: int = REPS, attack: str 
                "marker per setting; dashed: y = x.")
     if (results_dir / "step_sizes.csv").is_file():
         steps = read_step_sizes(results_dir / "step_sizes.csv")
-        markdown, csv_rows, rates, pooled = step_size_tables(steps, labels, reps, diag_steps(provenance.grid))
+        markdown, csv_rows, rates, pooled = step_size_tables(steps, labels, reps, diag_steps(provenance.grid),
+                                                             segment_points(results_dir / "diagnostics.csv"))
         table("step_sizes", "PGA step sizes and ascent (Theorems 2-3)", markdown, csv_rows)
         clip_note = (", steps crossing the normaliser's clip left out" if any(key[-1] == CLIP for key in pooled)
                      else "")

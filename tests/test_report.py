@@ -677,3 +677,20 @@ def test_learning_target_direction_follows_the_sign_of_the_reference_loss(name):
     op, bound = envs.SCENARIOS[name].learning_target
     assert op == (">=" if loss < 0 else "<=")
     assert meets_learning_target(name, 1.0) and 0.5 < bound < 2.0
+
+
+def test_segment_points_are_read_from_the_diagnostics(tmp_path):
+    """The step-size table names the curvature samples per segment: the cells' record, or 4 for cells
+    made before it was recorded; a mix is named value by value."""
+    path = tmp_path / "diagnostics.csv"
+    write_csv(path, diag_rows())
+    assert report.segment_points(path) == "4"
+    write_csv(path, [{**row, "segment_points": 16} for row in diag_rows()])
+    assert report.segment_points(path) == "16"
+    rows = [{**row, "segment_points": 16 if index >= 3 else ""} for index, row in enumerate(diag_rows())]
+    write_csv(path, rows)
+    assert report.segment_points(path) == f"4 in 3 cells, 16 in {len(rows) - 3} cells"
+    results = make_results(tmp_path / "results", diags=[{**row, "segment_points": 16} for row in diag_rows()])
+    write_csv(results / "step_sizes.csv", step_rows())
+    report.write_report(results, reps=REPS)
+    assert "sampled at 16 points of the step's own segment" in (results / "report" / "step_sizes.md").read_text()
