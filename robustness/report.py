@@ -20,7 +20,9 @@ runner) and writes into ``RESULTS_DIR/report/``:
   same seed) before the IQM [CI] is taken;
 * ``tradeoff.md/.csv``: per scenario and eps, Delta PoR of AAJR against each global method at matched
   worst-case robustness (``robustness.pareto``: each method's front over its settings, per seed; IQM
-  [CI] over seeds), and Corollary 1's paired nominal difference AAJR - spectral at equal hinge budgets;
+  [CI] over seeds), Corollary 1's paired nominal difference AAJR - spectral at equal hinge budgets, and
+  the paired differences R_aajr(eps) - R_other(eps) against every other method (its setting of the same
+  lambda and gamma, or its only one), at eps = 0 and under the headline attack;
 * ``diagnostics.md/.csv``: IQM [CI] of every theory diagnostic per scenario x setting;
 * ``step_sizes.md/.csv`` (when ``step_sizes.csv`` exists; Theorems 2-3): per scenario, setting and step
   size ``eta = c / median L_eff``, the non-monotone PGA step rate (IQM [CI] over seeds), and per method
