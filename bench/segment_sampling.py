@@ -57,10 +57,9 @@ def main() -> int:
     torch.set_num_threads(args.threads)
 
     from agents.run import load_run
-    from envs.shocks import pga
     from regularizers.jacobian import per_agent_system_objective
-    from robustness.diagnostics import (ETA_FACTORS, SEGMENT_POINTS, evaluation_states, in_float64,
-                                        nonmonotone_steps, normaliser_clip_changes, segment_curvatures)
+    from robustness.diagnostics import (SEGMENT_POINTS, evaluation_states, in_float64, nonmonotone_steps,
+                                        normaliser_clip_changes, segment_curvatures, sweep_trajectories)
     from robustness.runner import BenchmarkConfig
 
     config = BenchmarkConfig.from_dict(json.loads(run_json.read_text())["config"])
@@ -80,12 +79,8 @@ def main() -> int:
         batch = evaluation_states(scenario, policy, config.attack.episodes, config.diag_states, seed=seed)
         scenario64, policy64, batch64 = in_float64(scenario, policy, batch)
         obs, objective = per_agent_system_objective(policy64, batch64, scenario64)
-        trajectories = []
-        for factor in ETA_FACTORS:
-            eta = factor / l_eff
-            trajectory = pga(objective, tuple(obs.shape), config.diag_eps, "l2", config.diag_steps, eta,
-                             scenario64.shock_mask, device=obs.device, dtype=scenario64.dtype, rule="gradient")
-            trajectories.append((eta, trajectory.deltas, nonmonotone_steps(trajectory.values)))
+        trajectories = [(eta, trajectory.deltas, nonmonotone_steps(trajectory.values)) for eta, trajectory
+                        in sweep_trajectories(scenario64, objective, obs, config.diag_eps, config.diag_steps, l_eff)]
         for points in args.points:
             within = contradicting = kinked = 0
             for eta, deltas, bad in trajectories:

@@ -45,7 +45,7 @@ import torch
 
 from envs.batch import Batch
 from envs.core import make_generator
-from envs.shocks import pga
+from envs.shocks import PGATrajectory, pga
 from envs.vector import TorchVectorEnv, run_episode
 from regularizers.jacobian import aajr_trajectory, per_agent_system_objective
 from regularizers.jvp import jvp_norms
@@ -206,6 +206,19 @@ def counted_steps(bad: torch.Tensor, chosen: torch.Tensor, suffix: str = "") -> 
             f"nonmonotone_rate{suffix}": float(bad[chosen].float().mean()) if chosen.any() else float("nan")}
 
 
+def sweep_trajectories(scenario, objective, obs: torch.Tensor, eps: float, steps: int, l_eff: float,
+                       norm: str = "l2", factors: tuple[float, ...] = ETA_FACTORS) -> list[tuple[float, PGATrajectory]]:
+    """Per factor c, ``(eta, trajectory)`` of PGA (``gradient`` rule) on ``objective`` with ``eta = c / l_eff``
+    from ``obs`` (M, N, D): the runs behind ``step_size_sweep`` (``trajectory.deltas`` (K + 1, M, N, D),
+    ``trajectory.values`` (K + 1, M, N))."""
+    runs = []
+    for factor in factors:
+        eta = factor / l_eff
+        runs.append((eta, pga(objective, tuple(obs.shape), eps, norm, steps, eta, scenario.shock_mask,
+                              device=obs.device, dtype=scenario.dtype, rule="gradient")))
+    return runs
+
+
 def step_size_sweep(scenario, policy, batch: Batch, eps: float, steps: int, l_eff: float, norm: str = "l2",
                     factors: tuple[float, ...] = ETA_FACTORS) -> list[dict[str, float]]:
     """Per factor c, PGA (``gradient`` rule) with ``eta = c / l_eff`` (e.g. ``l_eff_median`` of
@@ -218,10 +231,8 @@ def step_size_sweep(scenario, policy, batch: Batch, eps: float, steps: int, l_ef
         return []
     obs, objective = per_agent_system_objective(policy, batch, scenario)
     rows = []
-    for factor in factors:
-        eta = factor / l_eff
-        trajectory = pga(objective, tuple(obs.shape), eps, norm, steps, eta, scenario.shock_mask,
-                         device=obs.device, dtype=scenario.dtype, rule="gradient")
+    for factor, (eta, trajectory) in zip(factors, sweep_trajectories(scenario, objective, obs, eps, steps, l_eff,
+                                                                     norm, factors)):
         curvature, lengths = segment_curvatures(objective, trajectory.deltas)
         moved = lengths > 0
         clip = moved & normaliser_clip_changes(policy, obs, trajectory.deltas)
