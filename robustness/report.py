@@ -678,6 +678,7 @@ def paired_difference_tables(evals: list[dict[str, Any]], labels: Labels, attack
     at eps = 0 and under ``attack``/``mode`` at each eps > 0."""
     returns = {(row["scenario"], row["eps"], row["method"], row["reg_coef"], row["budget"], row["seed"]):
                row["return_per_agent"] for row in evals if (row["attack"], row["mode"]) == (attack, mode)}
+    seeds = sorted({key[5] for key in returns})
     pairs = []
     for scenario, eps in unique((key[0], key[1]) for key in returns):
         focus = [(c, b) for m, c, b in labels.cells[scenario] if m == FOCUS]
@@ -687,7 +688,7 @@ def paired_difference_tables(evals: list[dict[str, Any]], labels: Labels, attack
                 partner = paired_partner(settings, coef, budget)
                 if partner is None:
                     continue
-                for seed in sorted({key[5] for key in returns}):
+                for seed in seeds:
                     mine = returns.get((scenario, eps, FOCUS, coef, budget, seed))
                     theirs = returns.get((scenario, eps, other, *partner, seed))
                     if mine is not None and theirs is not None:
